@@ -1,0 +1,23 @@
+"""gradex: Gradual Extrapolation saliency maps for convolutional networks.
+
+    import gradex
+    explainer = gradex.Explainer(model, method="gradcam")
+    exp = explainer(x)                      # exp.saliency: (B,1,H,W) in [0,1]
+    sal = gradex.extrapolate(heatmap, activations)
+
+Importing gradex compiles nothing and touches no GPU.
+"""
+from . import reference
+from .explainer import Capture, Explainer, Explanation
+from .ops import backends, extrapolate
+
+__version__ = "0.1.0"
+__all__ = [
+    "Capture",
+    "Explainer",
+    "Explanation",
+    "backends",
+    "extrapolate",
+    "reference",
+    "__version__",
+]

@@ -1,0 +1,128 @@
+"""Input checks shared by every public entry point.
+
+Each check raises with a message that names the argument (``activations[2]``, ``heatmap``) and
+says what was expected, so that bad input never turns into a silent wrong map or a NaN image.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+STAGE_TRANSFORMS = (None, "relu", "abs")
+
+
+def check_float_tensor(value, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got {value.dtype}"
+        )
+    if value.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(value.shape)})")
+    return value
+
+
+def check_finite(value: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def as_heatmap(heatmap, check: bool = True) -> torch.Tensor:
+    """Return ``heatmap`` as a (B,1,h,w) tensor (a view; the caller's tensor is never modified)."""
+    check_float_tensor(heatmap, "heatmap")
+    if heatmap.dim() == 3:
+        heatmap = heatmap.unsqueeze(1)
+    if heatmap.dim() != 4 or heatmap.shape[1] != 1:
+        raise ValueError(
+            f"heatmap must have shape (B,1,h,w) or (B,h,w), got {tuple(heatmap.shape)}"
+        )
+    if check:
+        check_finite(heatmap, "heatmap")
+    return heatmap
+
+
+def check_stage_transform(transform) -> None:
+    if transform not in STAGE_TRANSFORMS:
+        raise ValueError(f"transform must be one of {STAGE_TRANSFORMS}, got {transform!r}")
+
+
+def check_activations(
+    activations, heatmap: torch.Tensor, transform=None, check: bool = True
+) -> list[torch.Tensor]:
+    """Check the stage activations against the heatmap they will carry back.
+
+    With ``check``, every value is also checked: finite, and non-negative unless a ``transform``
+    makes it so (a negative channel sum would flip the sign of the map without a word).
+    """
+    if isinstance(activations, torch.Tensor) or not isinstance(activations, Sequence):
+        raise TypeError(
+            "activations must be a list or tuple of (B,C,H,W) tensors ordered shallow to deep, "
+            f"got {type(activations).__name__}"
+        )
+    if len(activations) == 0:
+        raise ValueError("activations is empty: pass at least one (B,C,H,W) stage activation")
+    check_stage_transform(transform)
+    batch = heatmap.shape[0]
+    previous = None
+    for k, a in enumerate(activations):
+        name = f"activations[{k}]"
+        check_float_tensor(a, name)
+        if a.dim() != 4:
+            raise ValueError(f"{name} must have shape (B,C,H,W), got {tuple(a.shape)}")
+        if a.shape[0] != batch:
+            raise ValueError(
+                f"{name} has batch size {a.shape[0]} but heatmap has batch size {batch}"
+            )
+        if a.device != heatmap.device:
+            raise ValueError(f"{name} is on {a.device} but heatmap is on {heatmap.device}")
+        size = tuple(a.shape[-2:])
+        if previous is not None and (size[0] > previous[0] or size[1] > previous[1]):
+            raise ValueError(
+                f"activations must be ordered shallow to deep (non-increasing H and W): "
+                f"activations[{k - 1}] is {previous[0]}x{previous[1]} but {name} is "
+                f"{size[0]}x{size[1]}"
+            )
+        previous = size
+        if check:
+            low, high = torch.aminmax(a.detach())
+            if not (torch.isfinite(low) and torch.isfinite(high)):
+                raise ValueError(f"{name} contains NaN or Inf values")
+            if transform is None and low < 0:
+                raise ValueError(
+                    f"{name} has negative values (min {float(low):.4g}); Gradual Extrapolation "
+                    "multiplies by the channel sum, so negative activations can flip the sign of "
+                    "the map. Pass a post-activation (non-negative) tensor, or transform='relu' "
+                    "or transform='abs'"
+                )
+    return list(activations)
+
+
+def as_output_size(output_size) -> tuple[int, int] | None:
+    if output_size is None:
+        return None
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        output_size = (output_size, output_size)
+    if (
+        not isinstance(output_size, (tuple, list, torch.Size))
+        or len(output_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in output_size)
+        or min(output_size) < 1
+    ):
+        raise ValueError(
+            f"output_size must be None, a positive int or a pair of positive ints, "
+            f"got {output_size!r}"
+        )
+    return (int(output_size[0]), int(output_size[1]))
+
+
+def check_image_batch(x, check: bool = True) -> torch.Tensor:
+    check_float_tensor(x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"x must be an image batch of shape (B,C,H,W), got {tuple(x.shape)}")
+    if check:
+        check_finite(x, "x")
+    return x

@@ -1,0 +1,264 @@
+"""The Explainer: one forward pass, one gradient to the target layer, a CAM, then GE.
+
+Gradients flow only from the score back to the target layer: the forward runs without autograd
+until the target layer's hook switches it on, so earlier layers record no graph, no parameter
+``.grad`` is written, and nothing of the graph outlives the call. Each GE stage is reduced to its
+channel sum and max inside its hook, so no full stage activation is kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import cams
+from ._validation import STAGE_TRANSFORMS, check_finite, check_image_batch
+from .capture import NON_NEGATIVE, HookSession, Layers, choose_layers, trace
+from .ops import extrapolate_reduced, resolve_backend
+from .reference import apply_transform
+
+Target = None | int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Explanation:
+    saliency: torch.Tensor  # (B,1,H,W) float32 in [0,1]: the GE map (or the upsampled CAM)
+    cam: torch.Tensor  # (B,1,h,w) float32: the coarse map at the target layer
+    target: torch.Tensor  # (B,) int64 class ids; -1 where a callable target returned scores
+    score: torch.Tensor  # (B,) the score that was explained (the target's logit)
+    logits: torch.Tensor  # (B,K) the model's output
+
+
+@dataclass
+class Capture:
+    logits: torch.Tensor  # (B,K)
+    activations: list[torch.Tensor]  # the GE stages, shallow to deep, transform applied
+    layers: Layers
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Explain the model as it predicts (no dropout, no BatchNorm statistics updated), and
+    leave every module's training flag as it was found."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return None
+
+
+def resolve_targets(target: Target, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class ids, scores) for each sample; checks that every class id is in range."""
+    batch, classes = logits.shape
+    if callable(target):
+        result = target(logits)
+        if not isinstance(result, torch.Tensor) or result.shape != (batch,):
+            raise ValueError(
+                f"target: the callable must return a ({batch},) tensor of class ids or scores"
+            )
+        if result.is_floating_point():
+            return torch.full((batch,), -1, dtype=torch.long, device=logits.device), result
+        target = result
+    if target is None:
+        ids = logits.detach().argmax(dim=1)
+    elif isinstance(target, bool):
+        raise TypeError("target must be None, an int, one int per sample, or a callable")
+    elif isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
+        ids = torch.full((batch,), int(target), dtype=torch.long, device=logits.device)
+    else:
+        ids = torch.as_tensor(target, device=logits.device)
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class ids, got {ids.dtype}")
+        if ids.shape != (batch,):
+            raise ValueError(
+                f"target must hold one class id per sample ({batch}), got shape "
+                f"{tuple(ids.shape)}"
+            )
+        ids = ids.long()
+    bad = (ids < 0) | (ids >= classes)
+    if bool(bad.any()):
+        raise ValueError(
+            f"target {int(ids[bad][0])} is out of range for a model with {classes} classes"
+        )
+    return ids, logits.gather(1, ids.unsqueeze(1)).squeeze(1)
+
+
+class Explainer:
+    """Grad-CAM-family maps sharpened by Gradual Extrapolation.
+
+    Args:
+        model: a CNN classifier returning (B,K) logits.
+        method: 'gradcam', 'gradcam++', 'xgradcam', 'hirescam', 'layercam', or ``f(A, G)``.
+        target_layer: module or dotted name (``name#k`` for the k-th call of a reused module);
+            default: the last spatial feature map.
+        stages: modules or names of the GE stages; default: one per resolution, the deepest
+            non-negative (post-ReLU) map at each resolution at least as fine as the target's.
+        backend: 'auto' or a name from ``gradex.backends()``.
+        gradual: False gives the plain upsampled CAM (normalised the same way).
+        stage_transform: applied to stages that may be negative (where a resolution has no
+            post-ReLU map, as in SiLU or GELU networks): 'relu' (default; never flips a sign),
+            'abs', or None to refuse such stages.
+        check: validate inputs and outputs (finite values); off for a trusted low-latency path.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str | cams.CamMethod = "gradcam",
+        target_layer=None,
+        stages=None,
+        backend: str = "auto",
+        *,
+        gradual: bool = True,
+        stage_transform: str | None = "relu",
+        check: bool = True,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if stage_transform not in STAGE_TRANSFORMS:
+            raise ValueError(
+                f"stage_transform must be one of {STAGE_TRANSFORMS}, got {stage_transform!r}"
+            )
+        self.model = model
+        self.method_name, self._method = cams.get_method(method)
+        self.target_layer = target_layer
+        self.stages = stages
+        self.backend = backend
+        self.gradual = gradual
+        self.stage_transform = stage_transform
+        self.check = check
+        self._layers: dict[tuple[int, int], Layers] = {}
+        self._lock = threading.Lock()
+
+    # -- which layers -------------------------------------------------------------------------
+
+    def layers_for(self, x: torch.Tensor) -> Layers:
+        """The target layer and stages for inputs shaped like ``x`` (found once per size)."""
+        size = tuple(x.shape[-2:])
+        with self._lock:
+            if size not in self._layers:
+                with _eval_mode(self.model):
+                    traced = trace(self.model, x[:1].detach())
+                self._layers[size] = choose_layers(
+                    traced,
+                    size,
+                    self.model,
+                    self.target_layer,
+                    self.stages,
+                    allow_signed=self.stage_transform is not None,
+                )
+            return self._layers[size]
+
+    def describe(self, input_size: int | tuple[int, int] = 224) -> str:
+        """What this explainer reads for (input_size) images: the target layer and the stages."""
+        if isinstance(input_size, int):
+            input_size = (input_size, input_size)
+        device = _model_device(self.model) or torch.device("cpu")
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(1, 3, *input_size, generator=generator).to(device)
+        layers = self.layers_for(probe)
+        transform = self.stage_transform
+        text = [f"method: {self.method_name}  gradual: {self.gradual}", layers.describe()]
+        signed = [str(s.ref) for s in layers.stages if s.kind != NON_NEGATIVE]
+        if signed:
+            text.append(f"stage_transform {transform!r} applied to: {', '.join(signed)}")
+        return "\n".join(text)
+
+    def _transform_for(self, layers: Layers) -> list[str | None]:
+        return [None if s.kind == NON_NEGATIVE else self.stage_transform for s in layers.stages]
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _check_input(self, x) -> torch.Tensor:
+        x = check_image_batch(x, check=False)
+        device = _model_device(self.model)
+        if device is not None and device != x.device:
+            raise ValueError(f"x is on {x.device} but the model is on {device}")
+        if self.check:
+            check_finite(x, "x")
+        return x
+
+    def _check_logits(self, logits, batch: int) -> torch.Tensor:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            raise ValueError(f"model must return (B,K) logits for B={batch}, got {got}")
+        return logits
+
+    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("cannot explain inside torch.inference_mode(): it forbids gradients")
+        x = self._check_input(x)
+        layers = self.layers_for(x)
+        backend = resolve_backend(self.backend, x.device)
+        transforms = self._transform_for(layers)
+        reduced: list = [None] * len(layers.stages)
+        target_output: list[torch.Tensor] = []
+
+        def on_stage(k: int, output: torch.Tensor) -> None:
+            reduced[k] = backend.reduce_stage(output, transforms[k])
+
+        def on_target(output: torch.Tensor) -> torch.Tensor:
+            leaf = output.detach().requires_grad_(True)
+            target_output.append(leaf)
+            # From here on the forward records a graph: the score's gradient is needed only
+            # down to this layer. The enclosing no_grad() restores the mode after the forward.
+            torch.set_grad_enabled(True)
+            # A clone, so that an in-place op after this layer never touches the leaf.
+            return leaf.clone()
+
+        session = HookSession(self.model, layers, on_stage if self.gradual else None, on_target)
+        with _eval_mode(self.model), session, torch.no_grad():
+            logits = self.model(x)
+        session.check_complete()
+        logits = self._check_logits(logits, x.shape[0])
+        ids, score = resolve_targets(target, logits)
+        if not score.requires_grad:
+            raise RuntimeError(
+                f"the score does not depend on the target layer {layers.target.ref}"
+            )
+        (grads,) = torch.autograd.grad(score.sum(), target_output[0])
+        cam = cams.compute_cam(self._method, target_output[0].detach(), grads)
+        if self.check:
+            check_finite(cam, f"the CAM at {layers.target.ref}")
+            for k, (channel_sum, _) in enumerate(reduced if self.gradual else []):
+                check_finite(channel_sum, f"stage {layers.stages[k].ref}")
+        stages = reduced if self.gradual else []
+        saliency = extrapolate_reduced(cam, stages, tuple(x.shape[-2:]), True, backend)
+        return Explanation(
+            saliency=saliency,
+            cam=cam,
+            target=ids,
+            score=score.detach(),
+            logits=logits.detach(),
+        )
+
+    def capture(self, x: torch.Tensor) -> Capture:
+        """Forward ``x`` and keep the GE stages' activations, for ``gradex.extrapolate`` on a
+        heatmap made elsewhere (pytorch-grad-cam, Captum, TorchCAM)."""
+        x = self._check_input(x)
+        layers = self.layers_for(x)
+        transforms = self._transform_for(layers)
+        activations: list = [None] * len(layers.stages)
+
+        def on_stage(k: int, output: torch.Tensor) -> None:
+            # A copy: later in-place ops of the model must not change what was captured.
+            kept = apply_transform(output.detach(), transforms[k])
+            activations[k] = kept.clone() if kept is output else kept
+
+        session = HookSession(self.model, layers, on_stage, None)
+        with _eval_mode(self.model), session, torch.no_grad():
+            logits = self.model(x)
+        session.check_complete()
+        return Capture(self._check_logits(logits, x.shape[0]), activations, layers)

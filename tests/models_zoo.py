@@ -1,0 +1,50 @@
+"""Models the tests explain: random-weight torchvision models and the embedded one, built once."""
+from functools import lru_cache
+
+import torch
+import torchvision
+from torch import nn
+
+import gradex.models
+
+TORCHVISION_MODELS = [
+    "resnet18",
+    "resnet50",
+    "vgg16",
+    "densenet121",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+]
+ALL_MODELS = [*TORCHVISION_MODELS, "efficientnet_lite0"]
+
+
+@lru_cache(maxsize=None)
+def get(name: str) -> nn.Module:
+    if name == "efficientnet_lite0":
+        return gradex.models.load_lite0()
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    # Random init leaves BatchNorm at identity; random statistics make the maps less trivial.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+class TinyCNN(nn.Module):
+    """Three ReLU stages at 1/2, 1/4, 1/8 of the input: small enough for many quick tests."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.stage3 = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(self.pool(x).flatten(1))

@@ -1,0 +1,54 @@
+"""``gradex explain`` end to end."""
+import json
+
+from PIL import Image
+
+from gradex import cli, images
+
+
+def test_demo_writes_panels_and_results(tmp_path):
+    assert cli.main(["explain", "--demo", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["model"] == "efficientnet_lite0" and report["method"] == "gradcam"
+    assert report["target_layer"] == "_swish#1" and len(report["stages"]) == 5
+    assert [r["target"] for r in report["images"]] == [285, 967, 665, 652]
+    for record in report["images"]:
+        assert len(record["top5"]) == 5 and record["top5"][0]["class"] == record["target"]
+        with Image.open(tmp_path / record["panel"]) as panel:
+            assert panel.size[0] > 2 * panel.size[1]
+    assert report["skipped"] == [] and report["timings"]["ms_per_image"] > 0
+
+
+def test_bad_files_are_skipped_and_the_rest_explained(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cat = images.demo_photos()[0]
+    (inputs / "cat.png").write_bytes(cat.read_bytes())
+    (inputs / "broken.jpg").write_text("not an image")
+    Image.new("L", (40, 40)).save(inputs / "grey.png")
+    out = tmp_path / "out"
+    code = cli.main(["explain", str(inputs), "--out", str(out), "--batch-size", "2",
+                     "--method", "layercam", "--target", "281"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg: cannot read as an image" in err and "grey.png: not an RGB image" in err
+    report = json.loads((out / "results.json").read_text())
+    assert [r["panel"] for r in report["images"]] == ["cat.png"]
+    assert report["images"][0]["target"] == 281 and report["images"][0]["target_name"] == "tabby"
+    assert len(report["skipped"]) == 2
+
+
+def test_no_gradual_and_duplicate_names(tmp_path):
+    cat = images.demo_photos()[0]
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(cat), str(cat), "--out", str(out), "--no-gradual"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [r["panel"] for r in report["images"]] == ["chelsea.png", "chelsea_2.png"]
+    assert report["gradual"] is False and report["stages"] == []
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert cli.main(["explain", "--out", str(tmp_path)]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert cli.main(["explain", "--demo", "--out", str(tmp_path), "--model", "resnet18"]) == 2
+    assert "needs a local weights file" in capsys.readouterr().err

@@ -1,0 +1,264 @@
+"""The Explainer end to end: every method on every model, per-sample independence, no side
+effects on the model, targets, and bad input."""
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from models_zoo import ALL_MODELS, TinyCNN, get
+from torch import nn
+
+import gradex
+from gradex import cams, reference
+
+METHODS = list(cams.METHODS)
+
+
+def independent_gradcam(model, layer_name, call, x):
+    """Grad-CAM with a full autograd graph and a hook of its own: a second way to the answer."""
+    module = dict(model.named_modules())[layer_name]
+    seen = []
+
+    def keep(mod, inputs, output):
+        seen.append(output)
+        # later in-place ops (DenseNet's inplace ReLU) must not change the kept tensor
+        return output.clone() if len(seen) == call + 1 else None
+
+    handle = module.register_forward_hook(keep)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    activations = seen[call]
+    score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    (grads,) = torch.autograd.grad(score, activations)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * activations).sum(1, keepdim=True)).detach()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_method_runs_and_gradcam_matches_an_independent_computation(name):
+    model = get(name)
+    x = torch.randn(2, 3, 160, 160)
+    for method in METHODS:
+        exp = gradex.Explainer(model, method=method)(x)
+        assert exp.saliency.shape == (2, 1, 160, 160) and exp.saliency.dtype == torch.float32
+        assert torch.isfinite(exp.saliency).all()
+        assert exp.saliency.min() >= 0 and exp.saliency.max() <= 1
+        assert exp.cam.shape == (2, 1, 5, 5) and (exp.cam >= 0).all()
+        assert exp.target.shape == (2,) and exp.score.shape == (2,)
+        if method == "gradcam":
+            layers = gradex.Explainer(model).layers_for(x)
+            ref = layers.target.ref
+            expected = independent_gradcam(model, ref.name, ref.call, x)
+            torch.testing.assert_close(exp.cam, expected, rtol=1e-4, atol=1e-5 * expected.max())
+            assert (exp.saliency.flatten(1).amax(1) == 1).all()  # a real map, not zeros
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_a_batch_equals_each_image_alone(name, method):
+    model = get(name)
+    explainer = gradex.Explainer(model, method=method)
+    x = torch.randn(3, 3, 96, 112)
+    together = explainer(x)
+    for b in range(3):
+        alone = explainer(x[b : b + 1])
+        torch.testing.assert_close(together.saliency[b : b + 1], alone.saliency, atol=1e-4, rtol=0)
+        assert together.target[b] == alone.target[0]
+
+
+def test_saliency_equals_extrapolate_on_the_captured_stages():
+    model = get("resnet18")
+    explainer = gradex.Explainer(model)
+    x = torch.randn(2, 3, 64, 64)
+    exp = explainer(x)
+    captured = explainer.capture(x)
+    assert [tuple(a.shape[-2:]) for a in captured.activations] == [(32, 32), (16, 16), (8, 8),
+                                                                   (4, 4), (2, 2)]
+    torch.testing.assert_close(captured.logits, exp.logits)
+    again = gradex.extrapolate(exp.cam, captured.activations, output_size=(64, 64))
+    torch.testing.assert_close(again, exp.saliency)
+
+
+def test_signed_stages_are_captured_with_the_transform_applied():
+    explainer = gradex.Explainer(get("efficientnet_b0"))
+    captured = explainer.capture(torch.randn(1, 3, 64, 64))
+    assert all(a.min() >= 0 for a in captured.activations)
+
+
+def test_gradual_false_gives_the_normalised_upsampled_cam():
+    model = get("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    exp = gradex.Explainer(model, gradual=False)(x)
+    up = F.interpolate(exp.cam, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(exp.saliency, reference.normalize_maps(up))
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_no_side_effects_on_the_model():
+    model = TinyCNN()
+    model.train()
+    model.stage2.eval()  # a mixed state, to see that it is restored exactly
+    frozen = model.stage1[0].weight
+    frozen.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grad_enabled = torch.is_grad_enabled()
+
+    exp = gradex.Explainer(model)(torch.randn(4, 3, 32, 32))
+
+    assert all(p.grad is None for p in model.parameters())
+    assert frozen.requires_grad is False
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "stage1.0.weight")
+    assert model.training and not model.stage2.training and model.stage3.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm stats untouched
+    assert _hook_count(model) == 0
+    assert torch.is_grad_enabled() == grad_enabled
+    for tensor in (exp.saliency, exp.cam, exp.score, exp.logits):
+        assert not tensor.requires_grad and tensor.grad_fn is None
+
+
+def test_layers_before_the_target_record_no_graph():
+    model = TinyCNN().eval()
+    grad_modes = {}
+    for name in ("stage1", "stage2", "stage3", "fc"):
+        dict(model.named_modules())[name].register_forward_hook(
+            lambda m, i, o, name=name: grad_modes.__setitem__(name, o.requires_grad)
+        )
+    gradex.Explainer(model, target_layer="stage2")(torch.randn(1, 3, 32, 32))
+    assert grad_modes == {"stage1": False, "stage2": False, "stage3": True, "fc": True}
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = TinyCNN()
+
+    def forward(self, x):
+        self.body(x)
+        raise RuntimeError("head failed")
+
+
+def test_hooks_are_removed_when_the_forward_raises():
+    model = Exploding()
+    explainer = gradex.Explainer(model, target_layer="body.stage3", stages=["body.stage1"])
+    with pytest.raises(RuntimeError, match="head failed"):
+        explainer(torch.randn(1, 3, 32, 32))
+    assert _hook_count(model) == 0
+    assert torch.is_grad_enabled()
+
+
+def test_targets():
+    model = get("resnet18")
+    explainer = gradex.Explainer(model)
+    x = torch.randn(3, 3, 64, 64)
+    top = explainer(x)
+    assert torch.equal(top.target, top.logits.argmax(1))
+    assert torch.equal(explainer(x, target=7).target, torch.tensor([7, 7, 7]))
+    per_sample = explainer(x, target=[1, 2, 3])
+    assert torch.equal(per_sample.target, torch.tensor([1, 2, 3]))
+    torch.testing.assert_close(per_sample.score, per_sample.logits[[0, 1, 2], [1, 2, 3]])
+    assert torch.equal(explainer(x, target=torch.tensor([4, 5, 6])).target, torch.tensor([4, 5, 6]))
+    by_ids = explainer(x, target=lambda logits: logits.argsort(1)[:, -2])  # runner-up class
+    assert torch.equal(by_ids.target, top.logits.argsort(1)[:, -2])
+    contrast = explainer(x, target=lambda logits: logits[:, 3] - logits[:, 5])
+    assert torch.equal(contrast.target, torch.tensor([-1, -1, -1]))
+    torch.testing.assert_close(contrast.score, top.logits[:, 3] - top.logits[:, 5])
+
+
+@pytest.mark.parametrize(
+    "target, error, words",
+    [
+        (1000, ValueError, "target 1000 is out of range for a model with 1000 classes"),
+        ([1, -1, 2], ValueError, "target -1 is out of range"),
+        ([1, 2], ValueError, "one class id per sample (3)"),
+        ([1.0, 2.0, 3.0], TypeError, "integer class ids"),
+        (True, TypeError, "target must be None, an int"),
+        (lambda logits: logits, ValueError, "the callable must return a (3,) tensor"),
+    ],
+)
+def test_bad_targets(target, error, words):
+    explainer = gradex.Explainer(get("resnet18"))
+    with pytest.raises(error) as info:
+        explainer(torch.randn(3, 3, 32, 32), target=target)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "x, error, words",
+    [
+        (torch.randn(3, 32, 32), ValueError, "x must be an image batch of shape (B,C,H,W)"),
+        (torch.randint(0, 255, (1, 3, 32, 32)), TypeError, "x must be a floating tensor"),
+        (torch.randn(0, 3, 32, 32), ValueError, "x is empty"),
+        (torch.full((1, 3, 32, 32), float("nan")), ValueError, "x contains NaN or Inf"),
+        (torch.randn(1, 3, 32, 32, device="meta"), ValueError, "x is on meta but the model is on cpu"),
+    ],
+)
+def test_bad_images(x, error, words):
+    with pytest.raises(error) as info:
+        gradex.Explainer(TinyCNN())(x)
+    assert words in str(info.value)
+
+
+def test_bad_explainer_arguments_and_modes():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        gradex.Explainer(lambda x: x)
+    with pytest.raises(ValueError, match="stage_transform must be one of"):
+        gradex.Explainer(TinyCNN(), stage_transform="square")
+    with pytest.raises(ValueError, match="method must be one of"):
+        gradex.Explainer(TinyCNN(), method="magic")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        gradex.Explainer(TinyCNN())(torch.randn(1, 3, 32, 32))
+
+
+def test_a_model_without_logits_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(ValueError, match=r"model must return \(B,K\) logits"):
+        gradex.Explainer(model)(torch.randn(1, 3, 16, 16))
+
+
+def test_non_finite_activations_are_reported():
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        model.stage1[0].bias.fill_(float("inf"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        gradex.Explainer(model)(torch.randn(1, 3, 32, 32))
+
+
+def test_a_dead_stage_gives_zeros_not_nan():
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        model.stage1[1].bias.fill_(-1e3)  # every stage-1 activation is clamped to 0 by ReLU
+    exp = gradex.Explainer(model)(torch.randn(2, 3, 32, 32))
+    assert torch.equal(exp.saliency, torch.zeros_like(exp.saliency))
+
+
+def test_two_explainers_in_two_threads_agree_with_running_alone():
+    models = [get("resnet18"), TinyCNN(classes=1000).eval()]
+    explainers = [gradex.Explainer(m) for m in models]
+    shared = gradex.Explainer(models[0], method="layercam")  # same model, other explainer
+    inputs = [torch.randn(2, 3, 64, 64) for _ in range(3)]
+    jobs = [(explainers[0], inputs[0]), (explainers[1], inputs[1]), (shared, inputs[2])]
+    alone = [e(x).saliency for e, x in jobs]
+    together = [None] * 3
+    errors = []
+
+    def run(i):
+        try:
+            for _ in range(3):
+                together[i] = jobs[i][0](jobs[i][1]).saliency
+        except Exception as error:  # surfaced below, with the thread's traceback
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a, b)

@@ -1,0 +1,63 @@
+"""Dispatch: backend names, availability reports, and the public extrapolate."""
+import pytest
+import torch
+from conftest import random_stages
+
+import gradex
+from gradex import ops, reference
+
+
+def test_backends_report_reference_available_with_a_reason():
+    report = gradex.backends()
+    available, reason = report["reference"]
+    assert available is True and reason
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_public_extrapolate_equals_reference(backend):
+    acts = random_stages(3, [(17, 13), (9, 7), (5, 4)])
+    heatmap = torch.rand(3, 1, 3, 2)
+    expected = reference.extrapolate(heatmap, acts, output_size=(20, 16))
+    out = gradex.extrapolate(heatmap, acts, output_size=(20, 16), backend=backend)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_auto_falls_back_to_reference_where_nothing_else_is_built():
+    assert ops.resolve_backend("auto", torch.device("cpu")).name == "reference"
+    assert ops.resolve_backend("auto", torch.device("meta")).name == "reference"
+
+
+def test_unknown_backend_is_refused_with_the_choices():
+    heatmap, acts = torch.rand(1, 1, 2, 2), random_stages(1, [(4, 4)])
+    with pytest.raises(ValueError, match="backend must be one of: auto, reference"):
+        gradex.extrapolate(heatmap, acts, backend="fast")
+    with pytest.raises(TypeError, match="backend must be a string"):
+        gradex.extrapolate(heatmap, acts, backend=None)
+
+
+def test_unchecked_path_gives_the_same_map():
+    acts = random_stages(2, [(8, 8), (4, 4)])
+    heatmap = torch.rand(2, 1, 2, 2)
+    torch.testing.assert_close(
+        gradex.extrapolate(heatmap, acts, check=False), gradex.extrapolate(heatmap, acts)
+    )
+
+
+def test_normalize_false_returns_the_raw_chain():
+    acts = random_stages(2, [(8, 8)])
+    heatmap = torch.rand(2, 1, 2, 2)
+    raw = gradex.extrapolate(heatmap, acts, normalize=False)
+    s, m = reference.reduce_stage(acts[0])
+    expected = torch.nn.functional.interpolate(heatmap, size=(8, 8), mode="bilinear")
+    torch.testing.assert_close(raw, expected * s / m.view(-1, 1, 1, 1))
+
+
+def test_import_touches_no_gpu():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, gradex; gradex.backends();"
+        "import sys; sys.exit(1 if torch.cuda.is_initialized() else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
