@@ -6,6 +6,7 @@ Times no-grad inference of the embedded EfficientNet-Lite0 at 224x224 (the floor
 Grad-CAM explanation with and without Gradual Extrapolation, on the demo photos, and writes
 bench/results/explain_cpu.{json,md} with the CPU model and library versions.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@
 
 Importing gradex compiles nothing and touches no GPU.
 """
+
 from . import reference
 from .explainer import Capture, Explainer, Explanation
 from .ops import backends, extrapolate

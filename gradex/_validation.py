@@ -3,6 +3,7 @@
 Each check raises with a message that names the argument (``activations[2]``, ``heatmap``) and
 says what was expected, so that bad input never turns into a silent wrong map or a NaN image.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -4,6 +4,7 @@ Every method takes A and G of shape (B,C,h,w) and returns a non-negative (B,1,h,
 computed in fp32 whatever the dtype the model ran in. The formulas follow the papers, in the
 gradient-only form that pytorch-grad-cam also uses (no exp() of the score for Grad-CAM++).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,7 +26,7 @@ def gradcam(activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam_pp(activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhay et al., WACV 2018), closed-form alpha with powers of the gradient."""
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018): closed-form alpha from gradient powers."""
     grads_2 = grads.pow(2)
     grads_3 = grads_2 * grads
     activation_sum = activations.sum(dim=(2, 3), keepdim=True)

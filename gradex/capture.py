@@ -9,8 +9,10 @@ BatchNorm output that a later in-place ReLU overwrites is not mistaken for a pos
 A layer is named by its dotted module name, and by ``name#k`` when the module runs more than once
 in one forward (EfficientNet-Lite reuses one ReLU6 module inside each block).
 """
+
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,10 +26,23 @@ _POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxP
 _HEAD_POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 # Pass-through and padding modules: their output is a tensor already recorded under the module
 # that made it, or that tensor with a border added.
-_NOT_A_LAYER_TYPES = (nn.Identity, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
-                      nn.ReplicationPad2d)
+_NOT_A_LAYER_TYPES = (
+    nn.Identity,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+)
 _SIGNED_ACTIVATION_TYPES = (
-    nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.LeakyReLU,
+    nn.PReLU,
     nn.Tanh,
 )
 
@@ -74,13 +89,16 @@ class TracedOutput:
 def trace(model: nn.Module, probe: torch.Tensor) -> list[TracedOutput]:
     """Run ``probe`` through ``model`` once and record every 4-D module output, in order."""
     names = {module: name for name, module in model.named_modules() if name}
-    records: list[tuple[nn.Module, int, tuple, str, tuple]] = []
+    records: list[tuple[nn.Module, int, tuple, str]] = []
     calls: dict[nn.Module, int] = {}
     non_negative: set[tuple] = set()
     signed: set[tuple] = set()
     keep_alive: list[torch.Tensor] = []  # so no freed buffer is reused and mistaken for another
+    owner = threading.get_ident()
 
     def hook(module, inputs, output):
+        if threading.get_ident() != owner:  # another thread's forward on the same model
+            return
         call = calls.get(module, 0)
         calls[module] = call + 1
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
@@ -105,7 +123,7 @@ def trace(model: nn.Module, probe: torch.Tensor) -> list[TracedOutput]:
             kind = SIGNED_ACTIVATION
         else:
             kind = OTHER
-        records.append((module, call, tuple(output.shape), kind, key))
+        records.append((module, call, tuple(output.shape), kind))
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
@@ -123,7 +141,7 @@ def trace(model: nn.Module, probe: torch.Tensor) -> list[TracedOutput]:
             kind=kind,
             is_block=next(module.children(), None) is not None,
         )
-        for i, (module, call, shape, kind, _) in enumerate(records)
+        for i, (module, call, shape, kind) in enumerate(records)
     ]
 
 
@@ -231,7 +249,7 @@ def choose_layers(
                     f"stages: {entry.ref} may be negative ({entry.module_type}); pass "
                     "stage_transform='relu' or 'abs', or choose a post-ReLU layer"
                 )
-        for shallow, deep in zip(chosen, chosen[1:]):
+        for shallow, deep in itertools.pairwise(chosen):
             if deep.shape[-2] > shallow.shape[-2] or deep.shape[-1] > shallow.shape[-1]:
                 raise ValueError(
                     f"stages: {deep.ref} ({deep.shape[-2]}x{deep.shape[-1]}) runs after "
@@ -271,9 +289,7 @@ def _keep_monotone(chosen: list[TracedOutput]) -> list[TracedOutput]:
     chosen = sorted(chosen, key=_order)
     kept: list[TracedOutput] = []
     for entry in chosen:
-        if kept and (
-            entry.shape[-2] > kept[-1].shape[-2] or entry.shape[-1] > kept[-1].shape[-1]
-        ):
+        if kept and (entry.shape[-2] > kept[-1].shape[-2] or entry.shape[-1] > kept[-1].shape[-1]):
             continue
         kept.append(entry)
     return kept

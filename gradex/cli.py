@@ -1,4 +1,5 @@
 """The command line: ``gradex explain IMAGE_OR_DIR... --out DIR`` and ``gradex explain --demo``."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,13 @@ def _parser() -> argparse.ArgumentParser:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here")
+    return device
 
 
 def _panel_path(out: Path, source: Path, taken: set[str]) -> Path:
@@ -118,6 +125,7 @@ def explain_command(args: argparse.Namespace) -> int:
                 title,
                 METHOD_TITLES[explainer.method_name],
             )
+            tqdm.write(f"{path.name}: {title}")
             results.append(
                 {
                     "file": str(path),
@@ -127,7 +135,7 @@ def explain_command(args: argparse.Namespace) -> int:
                     "score": float(exp.score[i]),
                     "top5": [
                         {"class": int(c), "name": bundle.class_names[int(c)], "prob": float(p)}
-                        for p, c in zip(top.values, top.indices)
+                        for p, c in zip(top.values, top.indices, strict=True)
                     ],
                 }
             )

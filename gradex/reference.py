@@ -13,6 +13,7 @@ The math (DESIGN.md §1), for each sample b on its own:
 It is split into the three primitives a fused backend replaces (``reduce_stage``,
 ``upsample_multiply``, ``normalize_maps``) and the short ``chain`` that strings them together.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

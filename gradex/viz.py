@@ -1,4 +1,5 @@
 """Pictures of explanations: heat-map overlays and the three-panel figure the CLI writes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,7 +48,7 @@ def save_panel(
     if saliency is not None:
         panels.append((overlay(image, saliency), f"Gradual {method}"))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-    for ax, (picture, label) in zip(axes, panels):
+    for ax, (picture, label) in zip(axes, panels, strict=True):
         ax.imshow(np.clip(picture, 0, 1))
         ax.set_title(label, fontsize=10)
         ax.axis("off")

@@ -1,5 +1,6 @@
 """Models the tests explain: random-weight torchvision models and the embedded one, built once."""
-from functools import lru_cache
+
+from functools import cache
 
 import torch
 import torchvision
@@ -19,7 +20,7 @@ TORCHVISION_MODELS = [
 ALL_MODELS = [*TORCHVISION_MODELS, "efficientnet_lite0"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def get(name: str) -> nn.Module:
     if name == "efficientnet_lite0":
         return gradex.models.load_lite0()

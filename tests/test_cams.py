@@ -1,4 +1,5 @@
 """The CAM formulas, each against a per-channel loop written from its paper."""
+
 import pytest
 import torch
 

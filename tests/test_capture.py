@@ -1,4 +1,5 @@
 """Layer discovery and hooks: the layers chosen for every supported model, explicit choices."""
+
 import pytest
 import torch
 from models_zoo import ALL_MODELS, TinyCNN, get
@@ -102,7 +103,9 @@ def test_explicit_layers_by_module_and_by_name():
 def test_a_reused_module_must_be_named_with_its_call():
     model = get("efficientnet_lite0")
     x = torch.randn(1, 3, 64, 64)
-    with pytest.raises(ValueError, match=r"runs 2 times; name one of _blocks.3._swish#0, _blocks.3._swish#1"):
+    with pytest.raises(
+        ValueError, match=r"runs 2 times; name one of _blocks.3._swish#0, _blocks.3._swish#1"
+    ):
         gradex.Explainer(model, target_layer="_blocks.3._swish").layers_for(x)
     layers = gradex.Explainer(model, target_layer="_blocks.3._swish#1").layers_for(x)
     assert layers.target.ref.call == 1
@@ -155,8 +158,10 @@ def test_hook_session_ignores_other_threads_and_cleans_up_after_an_error():
         assert seen == []  # another thread's forward is not captured
         model(torch.randn(1, 3, 32, 32))
     assert seen == [0, 1, 2]
-    with pytest.raises(RuntimeError, match="boom"):
-        with HookSession(model, layers, lambda k, t: (_ for _ in ()).throw(RuntimeError("boom")),
-                         None):
-            model(torch.randn(1, 3, 32, 32))
+
+    def fail(k, t):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"), HookSession(model, layers, fail, None):
+        model(torch.randn(1, 3, 32, 32))
     assert _all_hooks(model) == 0

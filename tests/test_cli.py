@@ -1,6 +1,8 @@
 """``gradex explain`` end to end."""
+
 import json
 
+import pytest
 from PIL import Image
 
 from gradex import cli, images
@@ -27,8 +29,20 @@ def test_bad_files_are_skipped_and_the_rest_explained(tmp_path, capsys):
     (inputs / "broken.jpg").write_text("not an image")
     Image.new("L", (40, 40)).save(inputs / "grey.png")
     out = tmp_path / "out"
-    code = cli.main(["explain", str(inputs), "--out", str(out), "--batch-size", "2",
-                     "--method", "layercam", "--target", "281"])
+    code = cli.main(
+        [
+            "explain",
+            str(inputs),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--method",
+            "layercam",
+            "--target",
+            "281",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "broken.jpg: cannot read as an image" in err and "grey.png: not an RGB image" in err
@@ -52,3 +66,14 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
     assert cli.main(["explain", "--demo", "--out", str(tmp_path), "--model", "resnet18"]) == 2
     assert "needs a local weights file" in capsys.readouterr().err
+
+
+def test_a_missing_device_is_a_usage_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the check is for machines without a GPU")
+    assert cli.main(["explain", "--demo", "--out", str(tmp_path), "--device", "cuda"]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+    assert cli.main(["explain", "--demo", "--out", str(tmp_path), "--device", "gpu0"]) == 2
+    assert "--device" in capsys.readouterr().err

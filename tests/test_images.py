@@ -1,4 +1,5 @@
 """Reading the CLI's inputs."""
+
 import pytest
 from PIL import Image
 

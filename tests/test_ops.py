@@ -1,4 +1,5 @@
 """Dispatch: backend names, availability reports, and the public extrapolate."""
+
 import pytest
 import torch
 from conftest import random_stages

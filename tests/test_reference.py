@@ -1,4 +1,5 @@
 """The oracle itself: hand-computed cases, the paper's batch-global variant, bad input."""
+
 import numpy as np
 import pytest
 import torch
@@ -113,7 +114,7 @@ def test_inputs_are_not_modified():
     heatmap = torch.rand(2, 4, 4)
     copies = [heatmap.clone()] + [a.clone() for a in acts]
     reference.extrapolate(heatmap, acts, transform="relu")
-    for before, after in zip(copies, [heatmap, *acts]):
+    for before, after in zip(copies, [heatmap, *acts], strict=True):
         assert torch.equal(before, after)
 
 
@@ -182,8 +183,11 @@ def _good():
         (lambda h, a: (h[:0], [x[:0] for x in a]), ValueError, "heatmap is empty"),
         (lambda h, a: (h, [a[0][:, :0]]), ValueError, "activations[0] is empty"),
         (lambda h, a: (h.index_fill(2, torch.tensor([1]), float("nan")), a), ValueError, "NaN"),
-        (lambda h, a: (h, [a[0], a[1].index_fill(3, torch.tensor([0]), float("inf"))]),
-         ValueError, "activations[1] contains NaN or Inf"),
+        (
+            lambda h, a: (h, [a[0], a[1].index_fill(3, torch.tensor([0]), float("inf"))]),
+            ValueError,
+            "activations[1] contains NaN or Inf",
+        ),
         (lambda h, a: (h, [a[0] - 2, a[1]]), ValueError, "activations[0] has negative values"),
     ],
 )
@@ -205,3 +209,15 @@ def test_bad_transform():
     heatmap, acts = _good()
     with pytest.raises(ValueError, match="transform must be one of"):
         reference.extrapolate(heatmap, acts, transform="square")
+
+
+def test_memory_layout_does_not_change_the_map():
+    acts = random_stages(2, [(12, 10), (6, 5)], channels=(6, 8))
+    heatmap = torch.rand(2, 1, 3, 3)
+    expected = reference.extrapolate(heatmap, acts)
+    channels_last = [a.to(memory_format=torch.channels_last) for a in acts]
+    sliced = [torch.stack([a, a], dim=2).flatten(1, 2)[:, ::2] for a in acts]  # a strided view
+    assert not sliced[0].is_contiguous()
+    torch.testing.assert_close(reference.extrapolate(heatmap, channels_last), expected)
+    torch.testing.assert_close(reference.extrapolate(heatmap, sliced), expected)
+    torch.testing.assert_close(reference.extrapolate(heatmap.transpose(2, 3).mT, acts), expected)

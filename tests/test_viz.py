@@ -1,4 +1,5 @@
 """Overlays and panels."""
+
 import numpy as np
 import torch
 from PIL import Image
