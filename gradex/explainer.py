@@ -111,6 +111,10 @@ class Explainer:
             post-ReLU map, as in SiLU or GELU networks): 'relu' (default; never flips a sign),
             'abs', or None to refuse such stages.
         check: validate inputs and outputs (finite values); off for a trusted low-latency path.
+
+    Explainers share nothing: several may run at once, in threads, on one model or several. A
+    model shared between threads should be in eval mode already, since each call switches it to
+    eval and back.
     """
 
     def __init__(

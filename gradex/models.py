@@ -20,9 +20,6 @@ from torch import nn
 
 EMBEDDED_MODEL = "efficientnet_lite0"
 
-# ImageNet statistics used by the torchvision classifiers.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 (efficientnet_lite_builder:
 # MEAN_RGB = 127, STDDEV_RGB = 128); on [0, 1] pixels that is mean 127/255, std 128/255.
 _LITE_MEAN = (127 / 255,) * 3
@@ -52,27 +49,14 @@ def imagenet_class_names() -> list[str]:
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _preprocess(
-    image: Image.Image, resize: int, crop: int, mean, std, bicubic: bool
-) -> torch.Tensor:
-    """Resize the shorter side, centre-crop a square, scale to [0, 1] and standardise."""
-    mode = TF.InterpolationMode.BICUBIC if bicubic else TF.InterpolationMode.BILINEAR
-    t = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
-    t = TF.resize(t, [resize], interpolation=mode, antialias=True)
-    t = TF.center_crop(t, [crop, crop]).clamp(0, 1)  # bicubic overshoots a little
-    return TF.normalize(t, list(mean), list(std))
-
-
 def lite0_preprocess(image: Image.Image) -> torch.Tensor:
     """EfficientNet-Lite0's preprocessing: bicubic resize of the shorter side to 224, centre crop
     224, (pixel - 127) / 128. The whole short side is kept: TensorFlow's evaluation crop (87.5%)
     cuts context that the demo photos need (it turns Egyptian cat into tiger cat)."""
-    return _preprocess(image, 224, 224, _LITE_MEAN, _LITE_STD, bicubic=True)
-
-
-def torchvision_preprocess(image: Image.Image) -> torch.Tensor:
-    """The torchvision ImageNet classifiers' evaluation transform: resize 256, centre crop 224."""
-    return _preprocess(image, 256, 224, _IMAGENET_MEAN, _IMAGENET_STD, bicubic=False)
+    t = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+    t = TF.resize(t, [224], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    t = TF.center_crop(t, [224, 224]).clamp(0, 1)  # bicubic overshoots a little
+    return TF.normalize(t, list(_LITE_MEAN), list(_LITE_STD))
 
 
 def load_lite0() -> nn.Module:
@@ -115,10 +99,19 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | Path | None = None) ->
     if not Path(weights).is_file():
         raise FileNotFoundError(f"weights: no such file {str(weights)!r}")
     model = load_torchvision(name, weights)
+    # The evaluation transform torchvision publishes for the model's default ImageNet weights
+    # (resize, centre crop, interpolation, mean and std); built from metadata, no download.
+    transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
     classes = _output_classes(model)
     names = imagenet_class_names() if classes == 1000 else [f"class {i}" for i in range(classes)]
     return ModelBundle(
-        name, model, torchvision_preprocess, names, 224, _IMAGENET_MEAN, _IMAGENET_STD
+        name,
+        model,
+        transform,  # takes a PIL image
+        names,
+        transform.crop_size[0],
+        tuple(transform.mean),
+        tuple(transform.std),
     )
 
 

@@ -66,3 +66,16 @@ def test_unknown_torchvision_name(tmp_path):
     torch.save({}, weights)
     with pytest.raises(ValueError, match="torchvision has no model named 'resnet7'"):
         models.load_model("resnet7", weights)
+
+
+def test_torchvision_models_use_their_published_transform(tmp_path):
+    weights = tmp_path / "effnet.pth"
+    torch.save(torchvision.models.efficientnet_b0().state_dict(), weights)
+    bundle = models.load_model("efficientnet_b0", weights)
+    image = images.load_rgb(images.demo_photos()[0])
+    x = bundle.preprocess(image)
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    published = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.transforms()
+    torch.testing.assert_close(x, published(image))
+    shown = bundle.to_display(x)
+    assert shown.min() >= 0 and shown.max() <= 1 and shown.std() > 0.1
