@@ -35,19 +35,26 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _time(fn, reps: int) -> dict[str, float]:
-    for _ in range(3):
-        fn()
-    samples = []
+def _time_interleaved(fns: dict, reps: int) -> dict[str, dict[str, float]]:
+    """Median and p90 in ms of each function, run round-robin so that a drift in the machine's
+    speed (a shared VM) falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    samples = {name: [] for name in fns}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append(1000 * (time.perf_counter() - start))
-    samples.sort()
-    return {
-        "median_ms": round(statistics.median(samples), 2),
-        "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 2),
-    }
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(1000 * (time.perf_counter() - start))
+    rows = {}
+    for name, values in samples.items():
+        values.sort()
+        rows[name] = {
+            "median_ms": round(statistics.median(values), 2),
+            "p90_ms": round(values[int(0.9 * (len(values) - 1))], 2),
+        }
+    return rows
 
 
 def main() -> None:
@@ -70,11 +77,14 @@ def main() -> None:
         with torch.no_grad():
             bundle.model(x)
 
-    rows = {
-        "no-grad inference": _time(inference, args.reps),
-        "Grad-CAM (upsampled)": _time(lambda: plain(x), args.reps),
-        "Grad-CAM + GE": _time(lambda: ge(x), args.reps),
-    }
+    rows = _time_interleaved(
+        {
+            "no-grad inference": inference,
+            "Grad-CAM (upsampled)": lambda: plain(x),
+            "Grad-CAM + GE": lambda: ge(x),
+        },
+        args.reps,
+    )
     floor = rows["no-grad inference"]["median_ms"]
     for row in rows.values():
         row["x_inference"] = round(row["median_ms"] / floor, 2)
@@ -98,7 +108,7 @@ def main() -> None:
         f"# {report['what']}",
         "",
         f"{report['cpu']}, {args.threads} threads, torch {torch.__version__}, "
-        f"median of {args.reps} after 3 warm-up runs",
+        f"median of {args.reps} interleaved runs after 3 warm-up runs each",
         "",
         "| | median ms | p90 ms | × inference |",
         "| --- | --- | --- | --- |",

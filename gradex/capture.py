@@ -310,7 +310,7 @@ class HookSession:
         on_stage: Callable[[int, torch.Tensor], None] | None,
         on_target: Callable[[torch.Tensor], torch.Tensor | None] | None,
     ):
-        self._modules = dict(model.named_modules())
+        self._model = model
         self._layers = layers
         self._on_stage = on_stage
         self._on_target = on_target
@@ -333,7 +333,9 @@ class HookSession:
         self._owner = threading.get_ident()
         for name, actions in self._wanted().items():
             self._handles.append(
-                self._modules[name].register_forward_hook(self._make_hook(name, actions))
+                self._model.get_submodule(name).register_forward_hook(
+                    self._make_hook(name, actions)
+                )
             )
         return self
 

@@ -44,14 +44,16 @@ class Capture:
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     """Explain the model as it predicts (no dropout, no BatchNorm statistics updated), and
-    leave every module's training flag as it was found."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
+    leave every module's training flag as it was found. Only modules in training mode are
+    touched, so a model already in eval mode costs one walk over its modules."""
+    training = [module for module in model.modules() if module.training]
+    for module in training:
+        module.training = False
     try:
         yield
     finally:
-        for module, training in flags:
-            module.training = training
+        for module in training:
+            module.training = True
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
