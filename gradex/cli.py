@@ -71,6 +71,35 @@ def _panel_path(out: Path, source: Path, taken: set[str]) -> Path:
     return out / name
 
 
+def _read_images(paths: list[Path], bundle, skipped: list[dict]):
+    """(paths, preprocessed tensors) of the readable images; the others go to ``skipped``."""
+    kept, tensors = [], []
+    for path in paths:
+        try:
+            tensors.append(bundle.preprocess(load_rgb(path)))
+            kept.append(path)
+        except ImageError as error:
+            tqdm.write(f"gradex: skipped {error}", file=sys.stderr)
+            skipped.append({"file": str(path), "reason": str(error)})
+    return kept, tensors
+
+
+def _image_record(path: Path, panel: Path, probs: torch.Tensor, exp, i: int, names) -> dict:
+    top = probs.topk(5)
+    target = int(exp.target[i])
+    return {
+        "file": str(path),
+        "panel": panel.name,
+        "target": target,
+        "target_name": names[target],
+        "score": float(exp.score[i]),
+        "top5": [
+            {"class": int(c), "name": names[int(c)], "prob": float(p)}
+            for p, c in zip(top.values, top.indices, strict=True)
+        ],
+    }
+
+
 def explain_command(args: argparse.Namespace) -> int:
     from .viz import save_panel  # matplotlib only when pictures are made
 
@@ -85,25 +114,19 @@ def explain_command(args: argparse.Namespace) -> int:
     model = bundle.model.to(device)
     load_seconds = time.perf_counter() - started
     explainer = Explainer(model, method=args.method, gradual=not args.no_gradual)
+    method_title = METHOD_TITLES[explainer.method_name]
     args.out.mkdir(parents=True, exist_ok=True)
 
     results, skipped, taken = [], [], set()
-    explain_seconds = 0.0
-    layers = None
+    explain_seconds, layers = 0.0, None
     progress = tqdm(total=len(files), unit="img", disable=len(files) < _PROGRESS_FROM)
     for first in range(0, len(files), args.batch_size):
-        batch_files, batch = [], []
-        for path in files[first : first + args.batch_size]:
-            try:
-                batch.append(bundle.preprocess(load_rgb(path)))
-                batch_files.append(path)
-            except ImageError as error:
-                print(f"gradex: skipped {error}", file=sys.stderr)
-                skipped.append({"file": str(path), "reason": str(error)})
-        progress.update(len(files[first : first + args.batch_size]))
-        if not batch:
+        chunk = files[first : first + args.batch_size]
+        paths, tensors = _read_images(chunk, bundle, skipped)
+        progress.update(len(chunk))
+        if not tensors:
             continue
-        x = torch.stack(batch).to(device)
+        x = torch.stack(tensors).to(device)
         tick = time.perf_counter()
         exp = explainer(x, target=args.target)
         if device.type == "cuda":
@@ -111,34 +134,22 @@ def explain_command(args: argparse.Namespace) -> int:
         explain_seconds += time.perf_counter() - tick
         layers = explainer.layers_for(x)
         probs = exp.logits.float().softmax(dim=1).cpu()
-        for i, path in enumerate(batch_files):
-            top = probs[i].topk(5)
-            target = int(exp.target[i])
-            target_name = bundle.class_names[target]
-            panel = _panel_path(args.out, path, taken)
-            title = f"{target_name} (class {target}), p = {float(probs[i, target]):.2f}"
+        for i, path in enumerate(paths):
+            record = _image_record(
+                path, _panel_path(args.out, path, taken), probs[i], exp, i, bundle.class_names
+            )
+            target = record["target"]
+            title = f"{record['target_name']} (class {target}), p = {float(probs[i, target]):.2f}"
             save_panel(
-                panel,
+                args.out / record["panel"],
                 bundle.to_display(x[i]),
                 exp.cam[i],
                 None if args.no_gradual else exp.saliency[i],
                 title,
-                METHOD_TITLES[explainer.method_name],
+                method_title,
             )
             tqdm.write(f"{path.name}: {title}")
-            results.append(
-                {
-                    "file": str(path),
-                    "panel": panel.name,
-                    "target": target,
-                    "target_name": target_name,
-                    "score": float(exp.score[i]),
-                    "top5": [
-                        {"class": int(c), "name": bundle.class_names[int(c)], "prob": float(p)}
-                        for p, c in zip(top.values, top.indices, strict=True)
-                    ],
-                }
-            )
+            results.append(record)
     progress.close()
 
     report = {

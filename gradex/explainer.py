@@ -19,7 +19,7 @@ from torch import nn
 from . import cams
 from ._validation import STAGE_TRANSFORMS, check_finite, check_image_batch
 from .capture import NON_NEGATIVE, HookSession, Layers, choose_layers, trace
-from .ops import extrapolate_reduced, resolve_backend
+from .ops import check_backend_name, extrapolate_reduced, resolve_backend
 from .reference import apply_transform
 
 Target = None | int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -137,6 +137,7 @@ class Explainer:
             raise ValueError(
                 f"stage_transform must be one of {STAGE_TRANSFORMS}, got {stage_transform!r}"
             )
+        check_backend_name(backend)
         self.model = model
         self.method_name, self._method = cams.get_method(method)
         self.target_layer = target_layer

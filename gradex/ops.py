@@ -58,19 +58,24 @@ def backends() -> dict[str, tuple[bool, str]]:
     return {name: backend.availability() for name, backend in _REGISTRY.items()}
 
 
-def resolve_backend(name: str, device: torch.device) -> Backend:
-    """The backend that ``name`` means for tensors on ``device``."""
+def check_backend_name(name) -> None:
+    """Refuse a backend name that is neither 'auto' nor registered (built or not)."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
+    if name != "auto" and name not in _REGISTRY:
+        choices = ", ".join(["auto", *_REGISTRY])
+        raise ValueError(f"backend must be one of: {choices}; got {name!r}")
+
+
+def resolve_backend(name: str, device: torch.device) -> Backend:
+    """The backend that ``name`` means for tensors on ``device``."""
+    check_backend_name(name)
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ()):
             backend = _REGISTRY[candidate]
             if backend.availability()[0]:
                 return backend
         return _REGISTRY["reference"]
-    if name not in _REGISTRY:
-        choices = ", ".join(["auto", *_REGISTRY])
-        raise ValueError(f"backend must be one of: {choices}; got {name!r}")
     backend = _REGISTRY[name]
     available, reason = backend.availability()
     if not available:

@@ -221,6 +221,8 @@ def test_bad_explainer_arguments_and_modes():
         gradex.Explainer(TinyCNN(), stage_transform="square")
     with pytest.raises(ValueError, match="method must be one of"):
         gradex.Explainer(TinyCNN(), method="magic")
+    with pytest.raises(ValueError, match="backend must be one of: auto, reference"):
+        gradex.Explainer(TinyCNN(), backend="fastest")
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         gradex.Explainer(TinyCNN())(torch.randn(1, 3, 32, 32))
 
@@ -322,3 +324,27 @@ def test_capture_keeps_stages_as_they_were_produced():
     exp = explainer(x)
     again = gradex.extrapolate(exp.cam, captured.activations, output_size=(16, 16))
     torch.testing.assert_close(again, exp.saliency)
+
+
+def test_channels_last_model_and_input_give_the_same_map():
+    import copy
+
+    model = get("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    expected = gradex.Explainer(model)(x).saliency
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    out = gradex.Explainer(channels_last)(x.to(memory_format=torch.channels_last)).saliency
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_bfloat16_autocast_keeps_the_math_in_float32():
+    model = get("resnet18")
+    explainer = gradex.Explainer(model)
+    x = torch.randn(2, 3, 64, 64)
+    expected = explainer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = explainer(x)
+    assert low.saliency.dtype == torch.float32 and low.cam.dtype == torch.float32
+    assert torch.isfinite(low.saliency).all() and low.saliency.max() == 1
+    # bf16 keeps 8 bits of mantissa: the maps agree in the large, not to the last bit
+    assert (low.saliency - expected.saliency).abs().mean() < 0.01
