@@ -102,6 +102,13 @@ def check_activations(
     return list(activations)
 
 
+def check_extrapolate_args(heatmap, activations, output_size, transform=None, check=True):
+    """(heatmap as (B,1,h,w), activations as a list, output_size as a pair or None)."""
+    heatmap = as_heatmap(heatmap, check)
+    activations = check_activations(activations, heatmap, transform, check)
+    return heatmap, activations, as_output_size(output_size)
+
+
 def as_output_size(output_size) -> tuple[int, int] | None:
     if output_size is None:
         return None
@@ -120,10 +127,9 @@ def as_output_size(output_size) -> tuple[int, int] | None:
     return (int(output_size[0]), int(output_size[1]))
 
 
-def check_image_batch(x, check: bool = True) -> torch.Tensor:
+def check_image_batch(x) -> torch.Tensor:
+    """Type and shape of an image batch; values are checked by the caller, after the device."""
     check_float_tensor(x, "x")
     if x.dim() != 4:
         raise ValueError(f"x must be an image batch of shape (B,C,H,W), got {tuple(x.shape)}")
-    if check:
-        check_finite(x, "x")
     return x

@@ -250,7 +250,7 @@ def choose_layers(
                     "stage_transform='relu' or 'abs', or choose a post-ReLU layer"
                 )
         for shallow, deep in itertools.pairwise(chosen):
-            if deep.shape[-2] > shallow.shape[-2] or deep.shape[-1] > shallow.shape[-1]:
+            if not _coarsens(shallow, deep):
                 raise ValueError(
                     f"stages: {deep.ref} ({deep.shape[-2]}x{deep.shape[-1]}) runs after "
                     f"{shallow.ref} but is finer; stages must coarsen from shallow to deep"
@@ -284,12 +284,17 @@ def _order(entry: TracedOutput) -> int:
     return entry.order
 
 
+def _coarsens(shallow: TracedOutput, deep: TracedOutput) -> bool:
+    """Whether ``deep`` is no finer than ``shallow`` in either dimension."""
+    return deep.shape[-2] <= shallow.shape[-2] and deep.shape[-1] <= shallow.shape[-1]
+
+
 def _keep_monotone(chosen: list[TracedOutput]) -> list[TracedOutput]:
     """Stages run in resolution order; drop any that would break shallow-to-deep coarsening."""
     chosen = sorted(chosen, key=_order)
     kept: list[TracedOutput] = []
     for entry in chosen:
-        if kept and (entry.shape[-2] > kept[-1].shape[-2] or entry.shape[-1] > kept[-1].shape[-1]):
+        if kept and not _coarsens(kept[-1], entry):
             continue
         kept.append(entry)
     return kept

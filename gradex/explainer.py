@@ -189,7 +189,7 @@ class Explainer:
     # -- running ------------------------------------------------------------------------------
 
     def _check_input(self, x) -> torch.Tensor:
-        x = check_image_batch(x, check=False)
+        x = check_image_batch(x)
         device = _model_device(self.model)
         if device is not None and device != x.device:
             raise ValueError(f"x is on {x.device} but the model is on {device}")
@@ -235,11 +235,11 @@ class Explainer:
             raise RuntimeError(f"the score does not depend on the target layer {layers.target.ref}")
         (grads,) = torch.autograd.grad(score.sum(), target_output[0])
         cam = cams.compute_cam(self._method, target_output[0].detach(), grads)
+        stages = reduced if self.gradual else []
         if self.check:
             check_finite(cam, f"the CAM at {layers.target.ref}")
-            for k, (channel_sum, _) in enumerate(reduced if self.gradual else []):
+            for k, (channel_sum, _) in enumerate(stages):
                 check_finite(channel_sum, f"stage {layers.stages[k].ref}")
-        stages = reduced if self.gradual else []
         saliency = extrapolate_reduced(cam, stages, tuple(x.shape[-2:]), True, backend)
         return Explanation(
             saliency=saliency,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from ._validation import as_heatmap, as_output_size, check_activations
+from ._validation import check_extrapolate_args
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,9 @@ def extrapolate(
     Returns:
         (B,1,H_out,W_out) float32 on the heatmap's device. The inputs are never modified.
     """
-    heatmap = as_heatmap(heatmap, check)
-    activations = check_activations(activations, heatmap, transform, check)
-    output_size = as_output_size(output_size)
+    heatmap, activations, output_size = check_extrapolate_args(
+        heatmap, activations, output_size, transform, check
+    )
     chosen = resolve_backend(backend, heatmap.device)
     stages = [chosen.reduce_stage(a, transform) for a in activations]
     return extrapolate_reduced(heatmap, stages, output_size, normalize, chosen)

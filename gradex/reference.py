@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._validation import as_heatmap, as_output_size, check_activations, check_stage_transform
+from ._validation import check_extrapolate_args, check_stage_transform
 
 Stage = tuple[torch.Tensor, torch.Tensor]  # (S: (B,1,H,W) float32, M: (B,) float32)
 
@@ -117,9 +117,9 @@ def extrapolate(
     ``transform`` ('relu' or 'abs') is applied to each activation first; without one, negative
     activations are refused when ``check`` is on.
     """
-    heatmap = as_heatmap(heatmap, check)
-    activations = check_activations(activations, heatmap, transform, check)
-    output_size = as_output_size(output_size)
+    heatmap, activations, output_size = check_extrapolate_args(
+        heatmap, activations, output_size, transform, check
+    )
     stages = [reduce_stage(a, transform) for a in activations]
     return chain(heatmap, stages, output_size, normalize)
 
@@ -132,8 +132,7 @@ def extrapolate_paper(heatmap: torch.Tensor, activations: Sequence[torch.Tensor]
     one image's map depends on its batch-mates. The only departure: where the original divides by
     a non-positive max or a zero std and returns NaN, this returns zeros.
     """
-    heatmap = as_heatmap(heatmap)
-    activations = check_activations(activations, heatmap)
+    heatmap, activations, _ = check_extrapolate_args(heatmap, activations, None)
     g = heatmap.float()
     for a in reversed(activations):
         a = a.detach()
