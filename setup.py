@@ -1,10 +1,102 @@
-"""Build script.
+"""Build script: the package metadata lives in pyproject.toml; this file adds the compiled kernels.
 
-The package metadata lives in pyproject.toml. This file exists for the compiled backends: the
-fused kernels (csrc/) are added here as a torch extension when they land, built only where a C++
-compiler (and, for CUDA, the toolkit) is present, so that a machine without one still installs
-the pure-PyTorch package.
+gradex._C holds the CPU kernels (csrc/cpu) whenever a C++ compiler is present, and the CUDA
+kernels (csrc/cuda) whenever the CUDA toolkit and a CUDA build of torch are present as well; no
+GPU is needed to build either. Without a compiler the install still succeeds, with a warning:
+gradex then runs its pure-PyTorch reference path (and Triton, where a GPU is present).
+
+Torch must already be installed (the extension is compiled against it), so install with
+``pip install --no-build-isolation``, as the README does.
+
+Environment:
+    GRADEX_BUILD=0            build no extension (pure Python install)
+    GRADEX_BUILD_CUDA=0       build the CPU kernels only
+    CUDA_HOME                 the toolkit's root; found from nvcc on PATH or /usr/local/cuda*
+    TORCH_CUDA_ARCH_LIST      GPU architectures; default without a visible GPU: 8.0;9.0+PTX
 """
+
+import glob
+import os
+import shutil
+import sys
+import warnings
+
 from setuptools import setup
 
-setup()
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"gradex: {message}", stacklevel=1)
+    print(f"gradex setup: {message}", file=sys.stderr)
+
+
+def _is_toolkit_root(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) and os.access(
+        os.path.join(path, "bin", "nvcc"), os.X_OK
+    )
+
+
+def _find_cuda_home() -> str | None:
+    """The CUDA toolkit's root. torch guesses it as nvcc's grandparent folder, which is wrong
+    where the nvcc on PATH is a wrapper script (e.g. /usr/local/bin/nvcc), so check candidates
+    for the toolkit's own files instead."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    return next((path for path in candidates if path and _is_toolkit_root(path)), None)
+
+
+def _extensions():
+    if os.environ.get("GRADEX_BUILD", "1") == "0":
+        _warn("GRADEX_BUILD=0: no compiled kernels; the reference backend will be used")
+        return [], {}
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        _warn(
+            f"no C++ compiler ({compiler!r} not found): installing without compiled kernels; "
+            "the reference backend will be used"
+        )
+        return [], {}
+    try:
+        import torch
+    except ImportError:
+        _warn(
+            "torch is not installed in the build environment, so the kernels cannot be compiled; "
+            "install torch first and use `pip install --no-build-isolation`"
+        )
+        return [], {}
+
+    cuda_home = _find_cuda_home() if torch.version.cuda else None
+    build_cuda = cuda_home is not None and os.environ.get("GRADEX_BUILD_CUDA", "1") != "0"
+    if build_cuda:
+        os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
+        if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+            # Ampere and Hopper, plus PTX that newer cards compile at load time.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+    elif torch.version.cuda and cuda_home is None:
+        _warn("no CUDA toolkit found (set CUDA_HOME): building the CPU kernels only")
+
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    sources = ["csrc/gradex.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    extension_class = CppExtension
+    if build_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        extra_compile_args["nvcc"] = ["-O3"]
+        extension_class = CUDAExtension
+    extension = extension_class(
+        name="gradex._C",
+        sources=sources,
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args=extra_compile_args,
+        extra_link_args=["-fopenmp"],
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

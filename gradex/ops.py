@@ -3,17 +3,23 @@
 A backend supplies the three primitives of ``gradex.reference`` (reduce a stage to its channel
 sum and max, one upsample-multiply step, the final normalisation). ``chain`` strings them together
 the same way for every backend, so a backend differs from the reference only in its kernels.
-Only the reference backend exists in this version; the compiled ones register here.
+
+Backends: ``reference`` (plain PyTorch, any device), ``cpu`` and ``cuda`` (the compiled ops
+``torch.ops.gradex.*`` of gradex._C), ``triton`` (``torch.ops.gradex_triton.*``). Nothing is
+loaded or compiled until a backend is first asked for.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from . import reference
+from . import _ext, reference
 from ._validation import check_extrapolate_args
 
 
@@ -53,6 +59,82 @@ register_backend(
 )
 
 
+def _compiled_reduce_stage(activation: torch.Tensor, transform: str | None):
+    return torch.ops.gradex.reduce_stage(activation.detach(), _ext.TRANSFORM_CODES[transform])
+
+
+def _compiled_step(g, channel_sum, sample_max):
+    return torch.ops.gradex.upsample_multiply(g, channel_sum, sample_max)
+
+
+def _compiled_normalize(g):
+    return torch.ops.gradex.normalize_maps(g)
+
+
+for _name, _availability in (("cpu", _ext.cpu_availability), ("cuda", _ext.cuda_availability)):
+    # One set of ops: the dispatcher routes them to the CPU or CUDA kernels by device.
+    register_backend(
+        Backend(
+            name=_name,
+            reduce_stage=_compiled_reduce_stage,
+            step=_compiled_step,
+            normalize=_compiled_normalize,
+            availability=_availability,
+            devices=(_name,),
+        ),
+        auto_for=(_name,),
+    )
+
+
+def _triton_kernels():
+    from . import triton_kernels  # imports triton; registers torch.ops.gradex_triton
+
+    return triton_kernels
+
+
+def _triton_reduce_stage(activation: torch.Tensor, transform: str | None):
+    kernels = _triton_kernels()
+    return kernels.reduce_stage(activation.detach(), _ext.TRANSFORM_CODES[transform])
+
+
+def _triton_step(g, channel_sum, sample_max):
+    return _triton_kernels().upsample_multiply(g, channel_sum, sample_max)
+
+
+def _triton_normalize(g):
+    return _triton_kernels().normalize_maps(g)
+
+
+# Triton runs CPU tensors only in its interpreter, which it reads from the environment.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_availability() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install triton)"
+    if _TRITON_INTERPRET:
+        return True, "Triton kernels, interpreted on CPU tensors (TRITON_INTERPRET=1)"
+    if not torch.cuda.is_available():  # asks the driver; creates no CUDA context
+        return False, "Triton kernels need a CUDA device (or TRITON_INTERPRET=1 for CPU tensors)"
+    return True, "Triton kernels (compiled on first use)"
+
+
+register_backend(
+    Backend(
+        name="triton",
+        reduce_stage=_triton_reduce_stage,
+        step=_triton_step,
+        normalize=_triton_normalize,
+        availability=_triton_availability,
+        devices=("cuda", "cpu") if _TRITON_INTERPRET else ("cuda",),
+    ),
+    auto_for=("cuda",),
+)
+
+# Device types 'auto' has already warned about falling back to the reference on.
+_WARNED_FALLBACK: set[str] = set()
+
+
 def backends() -> dict[str, tuple[bool, str]]:
     """Every known backend: ``{name: (available, reason)}``."""
     return {name: backend.availability() for name, backend in _REGISTRY.items()}
@@ -71,10 +153,21 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
     """The backend that ``name`` means for tensors on ``device``."""
     check_backend_name(name)
     if name == "auto":
+        reasons = []
         for candidate in _AUTO_ORDER.get(device.type, ()):
             backend = _REGISTRY[candidate]
-            if backend.availability()[0]:
+            available, reason = backend.availability()
+            if available:
                 return backend
+            reasons.append(f"{candidate}: {reason}")
+        if reasons and device.type not in _WARNED_FALLBACK:
+            _WARNED_FALLBACK.add(device.type)
+            warnings.warn(
+                f"gradex: no fused backend for {device.type} tensors, using the reference "
+                f"(slower); {'; '.join(reasons)}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return _REGISTRY["reference"]
     backend = _REGISTRY[name]
     available, reason = backend.availability()

@@ -39,10 +39,14 @@ def apply_transform(activation: torch.Tensor, transform: str | None) -> torch.Te
 
 
 def reduce_stage(activation: torch.Tensor, transform: str | None = None) -> Stage:
-    """(B,C,H,W) activation -> (S, M): channel sum (B,1,H,W) and per-sample max (B,), in fp32."""
+    """(B,C,H,W) activation -> (S, M): channel sum (B,1,H,W) and per-sample max (B,), in fp32.
+
+    M is reported clamped at 0 (a non-positive max makes the stage dead either way; the fused
+    kernels start their max at 0), and NaN where the stage holds a NaN.
+    """
     a = apply_transform(activation.detach(), transform)
     channel_sum = a.sum(dim=1, keepdim=True, dtype=torch.float32)
-    sample_max = a.amax(dim=(1, 2, 3)).float()
+    sample_max = a.amax(dim=(1, 2, 3)).float().clamp_min(0)
     return channel_sum, sample_max
 
 

@@ -221,7 +221,7 @@ def test_bad_explainer_arguments_and_modes():
         gradex.Explainer(TinyCNN(), stage_transform="square")
     with pytest.raises(ValueError, match="method must be one of"):
         gradex.Explainer(TinyCNN(), method="magic")
-    with pytest.raises(ValueError, match="backend must be one of: auto, reference"):
+    with pytest.raises(ValueError, match="backend must be one of: auto, reference, cpu"):
         gradex.Explainer(TinyCNN(), backend="fastest")
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         gradex.Explainer(TinyCNN())(torch.randn(1, 3, 32, 32))
@@ -348,3 +348,17 @@ def test_bfloat16_autocast_keeps_the_math_in_float32():
     assert torch.isfinite(low.saliency).all() and low.saliency.max() == 1
     # bf16 keeps 8 bits of mantissa: the maps agree in the large, not to the last bit
     assert (low.saliency - expected.saliency).abs().mean() < 0.01
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_large", "efficientnet_lite0"])
+def test_every_available_backend_gives_the_reference_map(name):
+    # The stages are reduced inside the hooks by the chosen backend; the maps must agree.
+    model, x = get(name), torch.rand(2, 3, 224, 224)
+    expected = gradex.Explainer(model, backend="reference")(x)
+    for backend, (available, _) in gradex.backends().items():
+        devices = gradex.ops._REGISTRY[backend].devices
+        if backend == "reference" or not available or not ("cpu" in devices or "*" in devices):
+            continue
+        got = gradex.Explainer(model, backend=backend)(x)
+        torch.testing.assert_close(got.cam, expected.cam)
+        torch.testing.assert_close(got.saliency, expected.saliency, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,158 @@
+"""The fused ops as torch ops: opcheck, torch.compile(fullgraph=True), CUDA graph capture, and
+the build reports (backends(), python -m gradex.info)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gradex
+from gradex import _ext, ops, reference
+
+
+def compiled_ops_or_skip():
+    loaded, reason = _ext.load()
+    if not loaded:
+        pytest.skip(reason)
+    return torch.ops.gradex
+
+
+def triton_ops_or_skip():
+    available, reason = ops.backends()["triton"]
+    if not available:
+        pytest.skip(reason)
+    from gradex import triton_kernels  # noqa: F401  (registers torch.ops.gradex_triton)
+
+    return torch.ops.gradex_triton
+
+
+def sample_arguments(device):
+    cl = torch.rand(2, 6, 5, 7, device=device).contiguous(memory_format=torch.channels_last)
+    return {
+        "reduce_stage": [
+            (torch.rand(2, 6, 5, 7, device=device), 0),
+            (cl.half(), 1),
+            (torch.randn(3, 9, 4, 4, device=device)[:, ::2], 2),
+        ],
+        "upsample_multiply": [
+            (
+                torch.rand(2, 1, 3, 4, device=device),
+                torch.rand(2, 1, 9, 7, device=device),
+                torch.rand(2, device=device) + 0.1,
+            ),
+        ],
+        "normalize_maps": [(torch.rand(3, 1, 11, 13, device=device),)],
+    }
+
+
+def run_opcheck(namespace, device):
+    for name, argument_sets in sample_arguments(device).items():
+        for args in argument_sets:
+            torch.library.opcheck(getattr(namespace, name).default, args)
+
+
+def test_opcheck_compiled_ops_on_cpu():
+    run_opcheck(compiled_ops_or_skip(), "cpu")
+
+
+def test_opcheck_triton_ops_on_cpu_tensors():
+    run_opcheck(triton_ops_or_skip(), "cpu")
+
+
+@pytest.mark.needs_cuda
+def test_opcheck_compiled_and_triton_ops_on_cuda():
+    run_opcheck(compiled_ops_or_skip(), "cuda")
+    run_opcheck(triton_ops_or_skip(), "cuda")
+
+
+def ge_function(backend):
+    def explain(heatmap, shallow, deep):
+        stages = [backend.reduce_stage(shallow, None), backend.reduce_stage(deep, "relu")]
+        return ops.extrapolate_reduced(heatmap, stages, (32, 32), True, backend)
+
+    return explain
+
+
+def test_ops_trace_under_torch_compile_fullgraph():
+    compiled_ops_or_skip()
+    backend = ops.resolve_backend("cpu", torch.device("cpu"))
+    explain = ge_function(backend)
+    args = (torch.rand(2, 1, 4, 4), torch.rand(2, 5, 16, 16), torch.randn(2, 7, 8, 8))
+    compiled = torch.compile(explain, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), explain(*args))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("backend_name", ["cuda", "triton"])
+def test_ops_run_under_inductor_and_in_a_cuda_graph(backend_name):
+    backend = ops.resolve_backend(backend_name, torch.device("cuda"))
+    explain = ge_function(backend)
+    args = [
+        torch.rand(2, 1, 4, 4, device="cuda"),
+        torch.rand(2, 5, 16, 16, device="cuda"),
+        torch.randn(2, 7, 8, 8, device="cuda"),
+    ]
+    eager = explain(*args)
+    torch.testing.assert_close(torch.compile(explain, fullgraph=True)(*args), eager)
+
+    static = [a.clone() for a in args]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (Triton compiles) outside the capture
+        explain(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = explain(*static)
+    fresh = [torch.rand_like(a) for a in args]
+    for buffer, value in zip(static, fresh, strict=True):
+        buffer.copy_(value)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, explain(*fresh))
+
+
+def test_backends_report_every_backend_with_a_reason():
+    report = gradex.backends()
+    assert set(report) == {"reference", "cpu", "cuda", "triton"}
+    for available, reason in report.values():
+        assert isinstance(available, bool) and reason
+
+
+def test_the_build_carries_the_kernels_ci_expects():
+    # .ci/run sets GRADEX_EXPECT_KERNELS="CPU CUDA": a compiler and the CUDA toolkit are there,
+    # so a missing kernel set means the build silently dropped it.
+    expected = os.environ.get("GRADEX_EXPECT_KERNELS", "").split()
+    if not expected:
+        pytest.skip("GRADEX_EXPECT_KERNELS not set (CI sets it)")
+    for device_type in expected:
+        assert _ext.has_kernel(device_type), f"gradex._C lacks {device_type} kernels"
+
+
+def test_auto_prefers_the_cpu_kernels_and_names_missing_backends():
+    if ops.backends()["cpu"][0]:
+        assert ops.resolve_backend("auto", torch.device("cpu")).name == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
+            ops.resolve_backend("cuda", torch.device("cpu"))
+
+
+def test_info_command_lists_the_backends():
+    result = subprocess.run(
+        [sys.executable, "-m", "gradex.info"], capture_output=True, text=True, check=True
+    )
+    for name in ("reference", "cpu", "cuda", "triton", "auto on cpu tensors"):
+        assert name in result.stdout
+
+
+def test_extrapolate_with_each_cpu_backend_agrees():
+    acts = [torch.rand(2, 4, 12, 12), torch.rand(2, 6, 6, 6)]
+    heatmap = torch.rand(2, 1, 3, 3)
+    expected = reference.extrapolate(heatmap, acts, output_size=(24, 24))
+    for name, (available, _) in ops.backends().items():
+        devices = ops._REGISTRY[name].devices
+        if available and ("cpu" in devices or "*" in devices):
+            out = gradex.extrapolate(heatmap, acts, output_size=(24, 24), backend=name)
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
