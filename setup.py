@@ -79,6 +79,8 @@ def _extensions():
     elif torch.version.cuda and cuda_home is None:
         _warn("no CUDA toolkit found (set CUDA_HOME): building the CPU kernels only")
 
+    # pip runs this with the environment's python but not its bin/ on PATH, where ninja is.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = ["csrc/gradex.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]

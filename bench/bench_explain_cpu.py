@@ -12,49 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torchvision
+from timing import cpu_name, time_interleaved
 
 import gradex
 from gradex import images, models
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _time_interleaved(fns: dict, reps: int) -> dict[str, dict[str, float]]:
-    """Median and p90 in ms of each function, run round-robin so that a drift in the machine's
-    speed (a shared VM) falls on all of them alike."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    samples = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(1000 * (time.perf_counter() - start))
-    rows = {}
-    for name, values in samples.items():
-        values.sort()
-        rows[name] = {
-            "median_ms": round(statistics.median(values), 2),
-            "p90_ms": round(values[int(0.9 * (len(values) - 1))], 2),
-        }
-    return rows
 
 
 def main() -> None:
@@ -77,7 +44,7 @@ def main() -> None:
         with torch.no_grad():
             bundle.model(x)
 
-    rows = _time_interleaved(
+    rows = time_interleaved(
         {
             "no-grad inference": inference,
             "Grad-CAM (upsampled)": lambda: plain(x),
@@ -90,7 +57,7 @@ def main() -> None:
         row["x_inference"] = round(row["median_ms"] / floor, 2)
     report = {
         "what": f"EfficientNet-Lite0, 224x224, batch {args.batch}, fp32, CPU",
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": args.threads,
         "reps": args.reps,
         "versions": {
@@ -114,7 +81,9 @@ def main() -> None:
         "| --- | --- | --- | --- |",
     ]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['median_ms']} | {row['p90_ms']} | {row['x_inference']} |")
+        lines.append(
+            f"| {name} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['x_inference']} |"
+        )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,263 @@
+"""The fused GE kernels against the reference ops, on each model's real stage shapes.
+
+    python bench/bench_kernels.py                   # the device's full matrix
+    python bench/bench_kernels.py --device cpu      # CPU: batch 1 and 8, providers reference/cpu
+    python bench/bench_kernels.py --quick           # one model, batch 1, fp32 (a smoke run)
+
+For ResNet-50, VGG16 and EfficientNet-Lite0 (stage shapes as gradex.Explainer picks them at
+224×224), batch 1 and 64 on a GPU (1 and 8 on the CPU), fp32 and bf16, NCHW and channels_last:
+  - the stage reduction (one read of each activation): time, GB/s on the activation's bytes, and
+    % of the read roofline measured in the same run (a large x.sum());
+  - the whole GE chain (every stage reduced, the steps, the normalisation): time and speed-up
+    over the reference ops.
+GPU times are medians of triton.testing.do_bench; CPU times are medians of interleaved runs.
+Writes bench/results/kernels_<device>.{json,md} with the device name and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+from pathlib import Path
+
+import torch
+import torchvision
+from timing import cpu_name, time_interleaved
+
+import gradex
+from gradex import models, ops
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = ["resnet50", "vgg16", "efficientnet_lite0"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LAYOUTS = ["nchw", "channels_last"]
+
+
+def stage_shapes(model_name: str) -> list[tuple[int, int, int]]:
+    """(C, H, W) of each GE stage the Explainer picks for ``model_name`` at 224×224."""
+    if model_name == "efficientnet_lite0":
+        model = models.load_lite0()
+    else:
+        model = torchvision.models.get_model(model_name, weights=None).eval()
+    explainer = gradex.Explainer(model)
+    captured = explainer.capture(torch.rand(1, 3, 224, 224))
+    return [tuple(a.shape[1:]) for a in captured.activations]
+
+
+def make_timer(device: torch.device, reps: int):
+    """fns -> {name: median ms}, measured the device's way."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        def timer(fns):
+            return {
+                name: do_bench(fn, warmup=10, rep=40, return_mode="median")
+                for name, fn in fns.items()
+            }
+
+        return timer
+
+    def timer(fns):
+        return {name: row["median_ms"] for name, row in time_interleaved(fns, reps, 1).items()}
+
+    return timer
+
+
+def read_roofline_gbs(device: torch.device, timer) -> float:
+    """GB/s of a plain x.sum() over a buffer far larger than the caches."""
+    numel = (1 << 28) if device.type == "cuda" else (1 << 26)  # 1 GiB / 256 MiB of fp32
+    x = torch.rand(numel, device=device)
+    ms = timer({"sum": lambda: x.sum()})["sum"]
+    return x.numel() * x.element_size() / (ms * 1e-3) / 1e9
+
+
+def chain_function(backend, heatmap, activations):
+    def run():
+        stages = [backend.reduce_stage(a, None) for a in activations]
+        return ops.extrapolate_reduced(heatmap, stages, (224, 224), True, backend)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--batches", nargs="+", type=int)
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--layouts", nargs="+", default=LAYOUTS, choices=LAYOUTS)
+    parser.add_argument("--reps", type=int, default=15, help="CPU: timed runs per measurement")
+    parser.add_argument("--quick", action="store_true", help="resnet50, batch 1, fp32, NCHW")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.quick:
+        args.models, args.batches, args.dtypes, args.layouts = ["resnet50"], [1], ["fp32"], ["nchw"]
+    batches = args.batches or ([1, 64] if device.type == "cuda" else [1, 8])
+    provider_names = (
+        ["reference", "triton", "cuda"] if device.type == "cuda" else ["reference", "cpu"]
+    )
+    providers = {}
+    skipped = {}
+    for name in provider_names:
+        available, reason = gradex.backends()[name]
+        if available:
+            providers[name] = ops.resolve_backend(name, device)
+        else:
+            skipped[name] = reason
+    timer = make_timer(device, args.reps)
+    roofline = read_roofline_gbs(device, timer)
+    print(f"read roofline: {roofline:.1f} GB/s; providers: {', '.join(providers)}")
+
+    reductions, chains = [], []
+    for model_name in args.models:
+        shapes = stage_shapes(model_name)
+        for batch in batches:
+            for dtype_name in args.dtypes:
+                for layout in args.layouts:
+                    memory_format = (
+                        torch.channels_last
+                        if layout == "channels_last"
+                        else torch.contiguous_format
+                    )
+                    acts = [
+                        torch.rand(batch, *shape, device=device)
+                        .to(DTYPES[dtype_name])
+                        .contiguous(memory_format=memory_format)
+                        for shape in shapes
+                    ]
+                    config = {
+                        "model": model_name,
+                        "batch": batch,
+                        "dtype": dtype_name,
+                        "layout": layout,
+                    }
+                    for a in acts:
+                        gbytes = a.numel() * a.element_size() / 1e9
+                        times = timer(
+                            {
+                                n: (lambda b=b, a=a: b.reduce_stage(a, None))
+                                for n, b in providers.items()
+                            }
+                        )
+                        row = {**config, "shape": list(a.shape), "MB": round(gbytes * 1e3, 2)}
+                        for name, ms in times.items():
+                            row[name] = {
+                                "ms": ms,
+                                "GB/s": gbytes / (ms * 1e-3),
+                                "roofline_%": 100 * gbytes / (ms * 1e-3) / roofline,
+                            }
+                        reductions.append(row)
+                        print(_reduction_line(row, providers))
+                    heatmap = torch.rand(batch, 1, *shapes[-1][1:], device=device)
+                    times = timer(
+                        {n: chain_function(b, heatmap, acts) for n, b in providers.items()}
+                    )
+                    row = {**config, **{name: {"ms": ms} for name, ms in times.items()}}
+                    for name in providers:
+                        row[name]["x_reference"] = times["reference"] / times[name]
+                    chains.append(row)
+                    print(_chain_line(row, providers))
+                    del acts
+
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "read_roofline_GBps": roofline,
+        "versions": {
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "cuda": torch.version.cuda,
+            "gradex": gradex.__version__,
+            "python": platform.python_version(),
+        },
+        "providers": list(providers),
+        "unavailable": skipped,
+        "timing": "median of triton.testing.do_bench"
+        if device.type == "cuda"
+        else f"median of {args.reps} interleaved runs",
+        "reductions": reductions,
+        "chains": chains,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = re.sub(r"[^a-z0-9]+", "_", report["device"].lower()).strip("_")
+    stem = args.out / f"kernels_{device.type}_{tag}{'_quick' if args.quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report) + "\n")
+    print(f"wrote {stem}.json and .md")
+
+
+def _version(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _reduction_line(row, providers) -> str:
+    cells = "  ".join(
+        f"{n} {row[n]['ms'] * 1e3:8.1f} us {row[n]['GB/s']:7.1f} GB/s {row[n]['roofline_%']:5.1f}%"
+        for n in providers
+    )
+    return f"{row['model']:<18} b{row['batch']:<3} {row['dtype']} {row['layout']:<13} {str(row['shape']):<22} {cells}"
+
+
+def _chain_line(row, providers) -> str:
+    cells = "  ".join(
+        f"{n} {row[n]['ms']:.3f} ms ({row[n]['x_reference']:.2f}x)" for n in providers
+    )
+    return f"{row['model']:<18} b{row['batch']:<3} {row['dtype']} {row['layout']:<13} whole chain: {cells}"
+
+
+def markdown(report: dict) -> str:
+    providers = report["providers"]
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    lines = [
+        f"# GE kernels on {report['device']}",
+        "",
+        f"{versions}; {report['threads']} CPU threads; {report['timing']}; read roofline "
+        f"(x.sum() over a large buffer, same run): {report['read_roofline_GBps']:.1f} GB/s.",
+    ]
+    if report["unavailable"]:
+        lines.append("")
+        lines.append(
+            "Not run: " + "; ".join(f"{k} ({v})" for k, v in report["unavailable"].items())
+        )
+    lines += ["", "## Whole GE chain (every stage reduced, steps, normalisation to 224×224)", ""]
+    lines.append(
+        "| model | batch | dtype | layout | "
+        + " | ".join(f"{p} ms (× ref)" for p in providers)
+        + " |"
+    )
+    lines.append("| --- " * (4 + len(providers)) + "|")
+    for row in report["chains"]:
+        cells = " | ".join(f"{row[p]['ms']:.3f} ({row[p]['x_reference']:.2f}×)" for p in providers)
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {row['dtype']} | {row['layout']} | {cells} |"
+        )
+    lines += ["", "## Stage reduction (S and M from one read of the activation)", ""]
+    lines.append(
+        "| model | batch | dtype | layout | stage (B,C,H,W) | MB | "
+        + " | ".join(f"{p} µs · GB/s · % roof" for p in providers)
+        + " |"
+    )
+    lines.append("| --- " * (6 + len(providers)) + "|")
+    for row in report["reductions"]:
+        cells = " | ".join(
+            f"{row[p]['ms'] * 1e3:.1f} · {row[p]['GB/s']:.1f} · {row[p]['roofline_%']:.0f}%"
+            for p in providers
+        )
+        shape = "×".join(map(str, row["shape"]))
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {row['dtype']} | {row['layout']} | {shape} | {row['MB']} | {cells} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
