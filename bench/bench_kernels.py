@@ -204,14 +204,18 @@ def _reduction_line(row, providers) -> str:
         f"{n} {row[n]['ms'] * 1e3:8.1f} us {row[n]['GB/s']:7.1f} GB/s {row[n]['roofline_%']:5.1f}%"
         for n in providers
     )
-    return f"{row['model']:<18} b{row['batch']:<3} {row['dtype']} {row['layout']:<13} {str(row['shape']):<22} {cells}"
+    return f"{_config_label(row)} {str(row['shape']):<22} {cells}"
 
 
 def _chain_line(row, providers) -> str:
     cells = "  ".join(
         f"{n} {row[n]['ms']:.3f} ms ({row[n]['x_reference']:.2f}x)" for n in providers
     )
-    return f"{row['model']:<18} b{row['batch']:<3} {row['dtype']} {row['layout']:<13} whole chain: {cells}"
+    return f"{_config_label(row)} whole chain: {cells}"
+
+
+def _config_label(row) -> str:
+    return f"{row['model']:<18} b{row['batch']:<3} {row['dtype']} {row['layout']:<13}"
 
 
 def markdown(report: dict) -> str:
@@ -253,9 +257,8 @@ def markdown(report: dict) -> str:
             for p in providers
         )
         shape = "×".join(map(str, row["shape"]))
-        lines.append(
-            f"| {row['model']} | {row['batch']} | {row['dtype']} | {row['layout']} | {shape} | {row['MB']} | {cells} |"
-        )
+        config = f"{row['model']} | {row['batch']} | {row['dtype']} | {row['layout']}"
+        lines.append(f"| {config} | {shape} | {row['MB']} | {cells} |")
     return "\n".join(lines)
 
 

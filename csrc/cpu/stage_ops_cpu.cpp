@@ -64,24 +64,34 @@ inline float accumulate_runs(const scalar_t* src, int64_t channels, int64_t chan
   return m;
 }
 
-// Σ_c over a contiguous run of channels (channels_last), with the running max.
+// Σ_c over a run of channels (channels_last), with the running max. A single vector accumulator
+// would make every add wait for the previous one; 16 lanes of partial sums (and maxima) give the
+// compiler independent vector chains to interleave.
 template <typename scalar_t, Transform T>
 inline float sum_channels(const scalar_t* src, int64_t channels, int64_t stride, float& m) {
-  float s = 0.f;
-  float mm = m;
+  constexpr int64_t kLanes = 16;
+  float sums[kLanes] = {};
+  float maxima[kLanes] = {};
+  int64_t c = 0;
   if (stride == 1) {
-#pragma omp simd reduction(+ : s) reduction(max : mm)
-    for (int64_t c = 0; c < channels; ++c) {
-      const float v = apply_transform<T>(static_cast<float>(src[c]));
-      s += v;
-      mm = v > mm ? v : mm;
+    for (; c + kLanes <= channels; c += kLanes) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const float v = apply_transform<T>(static_cast<float>(src[c + j]));
+        sums[j] += v;
+        maxima[j] = v > maxima[j] ? v : maxima[j];
+      }
     }
-  } else {
-    for (int64_t c = 0; c < channels; ++c) {
-      const float v = apply_transform<T>(static_cast<float>(src[c * stride]));
-      s += v;
-      mm = v > mm ? v : mm;
-    }
+  }
+  float s = 0.f, mm = m;
+  for (int64_t j = 0; j < kLanes; ++j) {
+    s += sums[j];
+    mm = maxima[j] > mm ? maxima[j] : mm;
+  }
+  for (; c < channels; ++c) {
+    const float v = apply_transform<T>(static_cast<float>(src[c * stride]));
+    s += v;
+    mm = v > mm ? v : mm;
   }
   m = mm;
   return s;
@@ -239,20 +249,22 @@ at::Tensor normalize_maps_cpu(const at::Tensor& g_in) {
       // Statistics in double: a 224×224 map summed in fp32 loses digits the clip then shows.
       double sum = 0.0;
       float lo = x[0], hi = x[0];
-      bool any_nan = false;
+      int nan_count = 0;
+#pragma omp simd reduction(+ : sum, nan_count) reduction(min : lo) reduction(max : hi)
       for (int64_t i = 0; i < N; ++i) {
         sum += x[i];
-        lo = std::min(lo, x[i]);
-        hi = std::max(hi, x[i]);
-        any_nan |= std::isnan(x[i]);
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+        nan_count += x[i] != x[i];
       }
       // Constancy is decided on the map itself, as the reference does (a NaN map counts too).
-      if (any_nan || !(hi > lo) || N < 2) {
+      if (nan_count > 0 || !(hi > lo) || N < 2) {
         std::fill(o, o + N, 0.f);
         continue;
       }
       const double mean = sum / static_cast<double>(N);
       double squares = 0.0;
+#pragma omp simd reduction(+ : squares)
       for (int64_t i = 0; i < N; ++i) squares += (x[i] - mean) * (x[i] - mean);
       const float meanf = static_cast<float>(mean);
       const float std = static_cast<float>(std::sqrt(squares / static_cast<double>(N - 1)));
