@@ -62,23 +62,29 @@ def cuda_availability() -> tuple[bool, str]:
     return True, "CUDA kernels in gradex._C"
 
 
+# Fake (meta) implementations: output shapes and dtypes only. The compiled ops and the Triton
+# ops (gradex/triton_kernels.py) share them, as they share the schemas.
+def reduce_stage_fake(activation, transform):
+    torch._check(activation.dim() == 4, lambda: "activation must be (B,C,H,W)")
+    batch, _, height, width = activation.shape
+    return (
+        activation.new_empty((batch, 1, height, width), dtype=torch.float32),
+        activation.new_empty((batch,), dtype=torch.float32),
+    )
+
+
+def upsample_multiply_fake(g, channel_sum, sample_max):
+    torch._check(g.dim() == 4 and channel_sum.dim() == 4, lambda: "maps must be (B,1,H,W)")
+    torch._check(g.shape[0] == channel_sum.shape[0], lambda: "batch sizes differ")
+    return g.new_empty(channel_sum.shape, dtype=torch.float32)
+
+
+def normalize_maps_fake(g):
+    torch._check(g.dim() == 4, lambda: "g must be (B,1,H,W)")
+    return g.new_empty(g.shape, dtype=torch.float32)
+
+
 def _register_fakes() -> None:
-    @torch.library.register_fake("gradex::reduce_stage")
-    def _(activation, transform):
-        torch._check(activation.dim() == 4, lambda: "activation must be (B,C,H,W)")
-        batch, _, height, width = activation.shape
-        return (
-            activation.new_empty((batch, 1, height, width), dtype=torch.float32),
-            activation.new_empty((batch,), dtype=torch.float32),
-        )
-
-    @torch.library.register_fake("gradex::upsample_multiply")
-    def _(g, channel_sum, sample_max):
-        torch._check(g.dim() == 4 and channel_sum.dim() == 4, lambda: "maps must be (B,1,H,W)")
-        torch._check(g.shape[0] == channel_sum.shape[0], lambda: "batch sizes differ")
-        return g.new_empty(channel_sum.shape, dtype=torch.float32)
-
-    @torch.library.register_fake("gradex::normalize_maps")
-    def _(g):
-        torch._check(g.dim() == 4, lambda: "g must be (B,1,H,W)")
-        return g.new_empty(g.shape, dtype=torch.float32)
+    torch.library.register_fake("gradex::reduce_stage", reduce_stage_fake)
+    torch.library.register_fake("gradex::upsample_multiply", upsample_multiply_fake)
+    torch.library.register_fake("gradex::normalize_maps", normalize_maps_fake)

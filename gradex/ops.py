@@ -59,26 +59,34 @@ register_backend(
 )
 
 
-def _compiled_reduce_stage(activation: torch.Tensor, transform: str | None):
-    return torch.ops.gradex.reduce_stage(activation.detach(), _ext.TRANSFORM_CODES[transform])
+@dataclass(frozen=True)
+class _OpPrimitives:
+    """The three primitives as calls of one registered op namespace (``torch.ops.<ns>``);
+    ``namespace`` is looked up at call time, so nothing is loaded before first use."""
+
+    namespace: Callable[[], object]
+
+    def reduce_stage(self, activation: torch.Tensor, transform: str | None):
+        code = _ext.TRANSFORM_CODES[transform]
+        return self.namespace().reduce_stage(activation.detach(), code)
+
+    def step(self, g, channel_sum, sample_max):
+        return self.namespace().upsample_multiply(g, channel_sum, sample_max)
+
+    def normalize(self, g):
+        return self.namespace().normalize_maps(g)
 
 
-def _compiled_step(g, channel_sum, sample_max):
-    return torch.ops.gradex.upsample_multiply(g, channel_sum, sample_max)
-
-
-def _compiled_normalize(g):
-    return torch.ops.gradex.normalize_maps(g)
-
+_COMPILED = _OpPrimitives(lambda: torch.ops.gradex)
 
 for _name, _availability in (("cpu", _ext.cpu_availability), ("cuda", _ext.cuda_availability)):
     # One set of ops: the dispatcher routes them to the CPU or CUDA kernels by device.
     register_backend(
         Backend(
             name=_name,
-            reduce_stage=_compiled_reduce_stage,
-            step=_compiled_step,
-            normalize=_compiled_normalize,
+            reduce_stage=_COMPILED.reduce_stage,
+            step=_COMPILED.step,
+            normalize=_COMPILED.normalize,
             availability=_availability,
             devices=(_name,),
         ),
@@ -86,24 +94,13 @@ for _name, _availability in (("cpu", _ext.cpu_availability), ("cuda", _ext.cuda_
     )
 
 
-def _triton_kernels():
-    from . import triton_kernels  # imports triton; registers torch.ops.gradex_triton
+def _triton_ops():
+    from . import triton_kernels  # noqa: F401  (imports triton; registers torch.ops.gradex_triton)
 
-    return triton_kernels
-
-
-def _triton_reduce_stage(activation: torch.Tensor, transform: str | None):
-    kernels = _triton_kernels()
-    return kernels.reduce_stage(activation.detach(), _ext.TRANSFORM_CODES[transform])
+    return torch.ops.gradex_triton
 
 
-def _triton_step(g, channel_sum, sample_max):
-    return _triton_kernels().upsample_multiply(g, channel_sum, sample_max)
-
-
-def _triton_normalize(g):
-    return _triton_kernels().normalize_maps(g)
-
+_TRITON = _OpPrimitives(_triton_ops)
 
 # Triton runs CPU tensors only in its interpreter, which it reads from the environment.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -122,9 +119,9 @@ def _triton_availability() -> tuple[bool, str]:
 register_backend(
     Backend(
         name="triton",
-        reduce_stage=_triton_reduce_stage,
-        step=_triton_step,
-        normalize=_triton_normalize,
+        reduce_stage=_TRITON.reduce_stage,
+        step=_TRITON.step,
+        normalize=_TRITON.normalize,
         availability=_triton_availability,
         devices=("cuda", "cpu") if _TRITON_INTERPRET else ("cuda",),
     ),

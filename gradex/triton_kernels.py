@@ -10,13 +10,12 @@ Importing this module imports triton; gradex imports it only when the backend is
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ._ext import normalize_maps_fake, reduce_stage_fake, upsample_multiply_fake
+
 # The bit pattern of the canonical quiet NaN: as an int32 it is larger than that of any
 # non-negative float (+Inf included), so atomic_max on the int view makes a NaN stick in M.
 NAN_BITS = 0x7FC00000
@@ -138,13 +137,7 @@ def reduce_stage(activation: torch.Tensor, transform: int) -> tuple[torch.Tensor
     return channel_sum, sample_max_bits.view(torch.float32)
 
 
-@reduce_stage.register_fake
-def _(activation, transform):
-    batch, _, height, width = activation.shape
-    return (
-        activation.new_empty((batch, 1, height, width), dtype=torch.float32),
-        activation.new_empty((batch,), dtype=torch.float32),
-    )
+reduce_stage.register_fake(reduce_stage_fake)
 
 
 @triton.jit
@@ -203,9 +196,7 @@ def upsample_multiply(
     return out
 
 
-@upsample_multiply.register_fake
-def _(g, channel_sum, sample_max):
-    return g.new_empty(channel_sum.shape, dtype=torch.float32)
+upsample_multiply.register_fake(upsample_multiply_fake)
 
 
 @triton.jit
@@ -268,6 +259,4 @@ def normalize_maps(g: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@normalize_maps.register_fake
-def _(g):
-    return g.new_empty(g.shape, dtype=torch.float32)
+normalize_maps.register_fake(normalize_maps_fake)
