@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from test_reference import BAD_INPUTS, good_arguments
 
 import gradex
 from gradex import _ext, ops, reference
@@ -156,3 +157,15 @@ def test_extrapolate_with_each_cpu_backend_agrees():
         if available and ("cpu" in devices or "*" in devices):
             out = gradex.extrapolate(heatmap, acts, output_size=(24, 24), backend=name)
             torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make, error, words", BAD_INPUTS)
+def test_every_available_backend_refuses_bad_input_naming_the_argument(make, error, words):
+    heatmap, acts = make(*good_arguments())
+    for name, (available, _) in ops.backends().items():
+        devices = ops._REGISTRY[name].devices
+        if not available or not ("cpu" in devices or "*" in devices):
+            continue
+        with pytest.raises(error) as info:
+            gradex.extrapolate(heatmap, acts, backend=name)
+        assert words in str(info.value), name

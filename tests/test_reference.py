@@ -161,38 +161,40 @@ def test_per_sample_range_shape_and_independence(batch, sizes, heat, seed):
         torch.testing.assert_close(out[b : b + 1], alone)
 
 
-def _good():
+def good_arguments():
     return torch.rand(2, 1, 4, 4), random_stages(2, [(8, 8), (4, 4)])
 
 
-@pytest.mark.parametrize(
-    "make, error, words",
-    [
-        (lambda h, a: (h[None], a), ValueError, "heatmap must have shape"),
-        (lambda h, a: (h.expand(2, 2, 4, 4), a), ValueError, "heatmap must have shape"),
-        (lambda h, a: (h.numpy(), a), TypeError, "heatmap must be a torch.Tensor"),
-        (lambda h, a: (h, a[0]), TypeError, "activations must be a list"),
-        (lambda h, a: (h, []), ValueError, "activations is empty"),
-        (lambda h, a: (h, [a[0][:, 0]]), ValueError, "activations[0] must have shape"),
-        (lambda h, a: (h, [a[0], a[1][:1]]), ValueError, "activations[1] has batch size 1"),
-        (lambda h, a: (h, a[::-1]), ValueError, "ordered shallow to deep"),
-        (lambda h, a: (h, [a[0].to("meta")]), ValueError, "activations[0] is on meta"),
-        (lambda h, a: (h.long(), a), TypeError, "heatmap must be a floating tensor"),
-        (lambda h, a: (h, [a[0].to(torch.int32)]), TypeError, "activations[0] must be a floating"),
-        (lambda h, a: (h, [a[0].to(torch.complex64)]), TypeError, "must be a floating"),
-        (lambda h, a: (h[:0], [x[:0] for x in a]), ValueError, "heatmap is empty"),
-        (lambda h, a: (h, [a[0][:, :0]]), ValueError, "activations[0] is empty"),
-        (lambda h, a: (h.index_fill(2, torch.tensor([1]), float("nan")), a), ValueError, "NaN"),
-        (
-            lambda h, a: (h, [a[0], a[1].index_fill(3, torch.tensor([0]), float("inf"))]),
-            ValueError,
-            "activations[1] contains NaN or Inf",
-        ),
-        (lambda h, a: (h, [a[0] - 2, a[1]]), ValueError, "activations[0] has negative values"),
-    ],
-)
+# (make bad arguments from good ones, the error, words it must contain); also run through every
+# fused backend in test_kernel_registration.py.
+BAD_INPUTS = [
+    (lambda h, a: (h[None], a), ValueError, "heatmap must have shape"),
+    (lambda h, a: (h.expand(2, 2, 4, 4), a), ValueError, "heatmap must have shape"),
+    (lambda h, a: (h.numpy(), a), TypeError, "heatmap must be a torch.Tensor"),
+    (lambda h, a: (h, a[0]), TypeError, "activations must be a list"),
+    (lambda h, a: (h, []), ValueError, "activations is empty"),
+    (lambda h, a: (h, [a[0][:, 0]]), ValueError, "activations[0] must have shape"),
+    (lambda h, a: (h, [a[0], a[1][:1]]), ValueError, "activations[1] has batch size 1"),
+    (lambda h, a: (h, a[::-1]), ValueError, "ordered shallow to deep"),
+    (lambda h, a: (h, [a[0].to("meta")]), ValueError, "activations[0] is on meta"),
+    (lambda h, a: (h.long(), a), TypeError, "heatmap must be a floating tensor"),
+    (lambda h, a: (h, [a[0].to(torch.int32)]), TypeError, "activations[0] must be a floating"),
+    (lambda h, a: (h, [a[0].to(torch.complex64)]), TypeError, "must be a floating"),
+    (lambda h, a: (h[:0], [x[:0] for x in a]), ValueError, "heatmap is empty"),
+    (lambda h, a: (h, [a[0][:, :0]]), ValueError, "activations[0] is empty"),
+    (lambda h, a: (h.index_fill(2, torch.tensor([1]), float("nan")), a), ValueError, "NaN"),
+    (
+        lambda h, a: (h, [a[0], a[1].index_fill(3, torch.tensor([0]), float("inf"))]),
+        ValueError,
+        "activations[1] contains NaN or Inf",
+    ),
+    (lambda h, a: (h, [a[0] - 2, a[1]]), ValueError, "activations[0] has negative values"),
+]
+
+
+@pytest.mark.parametrize("make, error, words", BAD_INPUTS)
 def test_bad_input_names_the_argument(make, error, words):
-    heatmap, acts = make(*_good())
+    heatmap, acts = make(*good_arguments())
     with pytest.raises(error) as info:
         reference.extrapolate(heatmap, acts)
     assert words in str(info.value)
@@ -200,13 +202,13 @@ def test_bad_input_names_the_argument(make, error, words):
 
 @pytest.mark.parametrize("size", [0, (3,), (2, -1), "big", (2.0, 3)])
 def test_bad_output_size(size):
-    heatmap, acts = _good()
+    heatmap, acts = good_arguments()
     with pytest.raises(ValueError, match="output_size"):
         reference.extrapolate(heatmap, acts, output_size=size)
 
 
 def test_bad_transform():
-    heatmap, acts = _good()
+    heatmap, acts = good_arguments()
     with pytest.raises(ValueError, match="transform must be one of"):
         reference.extrapolate(heatmap, acts, transform="square")
 
