@@ -1,36 +1,65 @@
 #!/usr/bin/env bash
-# Everything a GPU session must check, in one call (under 5 minutes on an H100/H200):
-# build the extension with its CUDA kernels, run the GPU tests, benchmark the kernels and the
-# peak memory, and write the results (with the card's name and versions) to $OUT.
+# Everything a GPU session must check: build the extension with its CUDA kernels, run the GPU
+# tests, then the end-to-end benchmark (gradex vs inference vs the peers), the kernel benchmark
+# and the peak memory, writing results (with the card's name and versions) to $OUT.
 #
-#   OUT=bench/results bench/gpu_check.sh        # $OUT defaults to bench/results
+#   bench/fetch_device_wheels.sh                   # here, first: the wheels the device lacks
+#   OUT=... bench/gpu_check.sh                     # every step (about 9 minutes on an H100)
+#   bench/gpu_check.sh build tests e2e             # or in two calls on one warm machine:
+#   bench/gpu_check.sh build kernels memory        #   (build is quick when already done)
+#
+# With the device tool: run(command="bench/gpu_check.sh build tests e2e", carry=[".whl"]).
+# $OUT defaults to bench/results. The tool returns at most 8 files: one log, e2e (3 files),
+# kernels (2), memory (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
+STEPS=" ${*:-build tests e2e kernels memory} "
 mkdir -p "$OUT"
+LOG="$OUT/gpu_check_log.txt"
+exec > >(tee -a "$LOG") 2>&1
 step() { echo "== $* ($(date +%T))"; }
+has() { [[ "$STEPS" == *" $1 "* ]]; }
 
 step "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu_machine.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
-step "build (CPU + CUDA kernels)"
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install -q torch setuptools wheel ninja
+if has build; then
+  step "build (CPU + CUDA kernels)"
+  if [ -d .whl ]; then  # no package index on the device machine: the carried wheels
+    "$PY" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
+    INSTALL=(--no-index --no-deps)
+  else
+    INSTALL=()
+  fi
+  MAX_JOBS="${MAX_JOBS:-16}" "$PY" -m pip install -q --no-build-isolation "${INSTALL[@]}" -e ".[test]" \
+    > /tmp/gpu_build.log 2>&1 || { tail -40 /tmp/gpu_build.log; exit 1; }
+  "$PY" -m gradex.info
 fi
-MAX_JOBS="${MAX_JOBS:-16}" "$PY" -m pip install -q --no-build-isolation -e ".[test]" \
-  > "$OUT/gpu_build.log" 2>&1 || { tail -40 "$OUT/gpu_build.log"; exit 1; }
-"$PY" -m gradex.info | tee "$OUT/gpu_info.txt"
 
-step "GPU tests (Triton compiled for the card, not interpreted)"
 export TRITON_INTERPRET=0 GRADEX_EXPECT_KERNELS="CPU CUDA"
-# A failure is recorded and the timings still run: they are then not to be quoted.
-timeout 170 "$PY" -m pytest -q -m needs_cuda tests/ tests/test_kernel_registration.py::test_the_build_carries_the_kernels_ci_expects \
-  2>&1 | tail -15 | tee "$OUT/gpu_tests.txt" || echo "!! GPU tests FAILED: see $OUT/gpu_tests.txt" | tee -a "$OUT/gpu_tests.txt"
+if has tests; then
+  step "GPU tests (Triton compiled for the card, not interpreted)"
+  # A failure is recorded and the timings still run: they are then not to be quoted.
+  timeout 200 "$PY" -m pytest -q -m needs_cuda tests/ \
+    tests/test_kernel_registration.py::test_the_build_carries_the_kernels_ci_expects 2>&1 \
+    | tail -25 || echo "!! GPU tests FAILED (see above)"
+fi
 
-step "kernel benchmark"
-timeout 200 "$PY" bench/bench_kernels.py --device cuda --out "$OUT"
+if has e2e; then
+  step "end-to-end benchmark: inference, gradex, peers"
+  timeout 300 "$PY" bench/bench_e2e.py --device cuda --reps 30 --budget-s 2 --out "$OUT" \
+    || echo "!! e2e benchmark failed or a peer disagreed (see above)"
+fi
 
-step "peak memory"
-timeout 60 "$PY" bench/bench_memory.py --device cuda --model resnet50 --batch 64 --out "$OUT"
+if has kernels; then
+  step "kernel benchmark"
+  timeout 200 "$PY" bench/bench_kernels.py --device cuda --out "$OUT"
+fi
+
+if has memory; then
+  step "peak memory"
+  timeout 60 "$PY" bench/bench_memory.py --device cuda --model resnet50 --batch 64 --out "$OUT"
+fi
 step "done"

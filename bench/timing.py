@@ -3,20 +3,10 @@ module rather than part of the package)."""
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
-from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from gradex.benchmark.measure import cpu_name  # noqa: F401  (re-exported for the bench scripts)
 
 
 def time_interleaved(fns: dict, reps: int, warmup: int = 3) -> dict[str, dict[str, float]]:

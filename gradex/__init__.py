@@ -4,6 +4,7 @@
     explainer = gradex.Explainer(model, method="gradcam")
     exp = explainer(x)                      # exp.saliency: (B,1,H,W) in [0,1]
     sal = gradex.extrapolate(heatmap, activations)
+    fast = explainer.static(x)              # fixed shape: one CUDA graph replay per call
 
 Importing gradex compiles nothing and touches no GPU.
 """
@@ -11,12 +12,14 @@ Importing gradex compiles nothing and touches no GPU.
 from . import reference
 from .explainer import Capture, Explainer, Explanation
 from .ops import backends, extrapolate
+from .static import StaticExplainer
 
 __version__ = "0.1.0"
 __all__ = [
     "Capture",
     "Explainer",
     "Explanation",
+    "StaticExplainer",
     "backends",
     "extrapolate",
     "reference",

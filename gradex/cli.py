@@ -1,4 +1,5 @@
-"""The command line: ``gradex explain IMAGE_OR_DIR... --out DIR`` and ``gradex explain --demo``."""
+"""The command line: ``gradex explain IMAGE_OR_DIR... --out DIR``, ``gradex explain --demo``, and
+``gradex bench`` (the end-to-end benchmark against no-grad inference and the peers)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--batch-size", type=int, default=8)
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     explain.add_argument("--no-gradual", action="store_true", help="plain upsampled CAM, no GE")
+    bench = commands.add_parser(
+        "bench", help="time explanations against no-grad inference and the peers"
+    )
+    from .benchmark.harness import add_arguments
+
+    add_arguments(bench)
     return parser
 
 
@@ -178,6 +185,10 @@ def explain_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "bench":
+            from .benchmark.harness import run_from_args
+
+            return run_from_args(args)
         return explain_command(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         print(f"gradex: error: {error}", file=sys.stderr)

@@ -19,8 +19,10 @@ from torch import nn
 from . import cams
 from ._validation import STAGE_TRANSFORMS, check_finite, check_image_batch
 from .capture import NON_NEGATIVE, HookSession, Layers, choose_layers, trace
-from .ops import check_backend_name, extrapolate_reduced, resolve_backend
+from .ops import Backend, check_backend_name, extrapolate_reduced, resolve_backend
 from .reference import apply_transform
+
+AMP_DTYPES = (None, torch.bfloat16, torch.float16)
 
 Target = None | int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,11 +44,12 @@ class Capture:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def _eval_mode(modules: Sequence[nn.Module]):
     """Explain the model as it predicts (no dropout, no BatchNorm statistics updated), and
     leave every module's training flag as it was found. Only modules in training mode are
-    touched, so a model already in eval mode costs one walk over its modules."""
-    training = [module for module in model.modules() if module.training]
+    touched, so a model already in eval mode costs one pass over the list of its modules (listed
+    once per explainer: ``model.modules()`` itself costs about 5 µs a module each time)."""
+    training = [module for module in modules if module.training]
     for module in training:
         module.training = False
     try:
@@ -60,6 +63,36 @@ def _model_device(model: nn.Module) -> torch.device | None:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return None
+
+
+def check_target_ids(target, batch: int, classes: int, device: torch.device) -> torch.Tensor:
+    """``target`` (an int, or one int per sample) as (batch,) int64 class ids on ``device``,
+    each checked to be in range."""
+    if isinstance(target, bool):
+        raise TypeError("target must be None, an int, one int per sample, or a callable")
+    if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
+        ids = torch.full((batch,), int(target), dtype=torch.long, device=device)
+    else:
+        try:
+            ids = torch.as_tensor(target, device=device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                "target must be None, an int, one int per sample, or a callable; "
+                f"got {type(target).__name__}"
+            ) from error
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class ids, got {ids.dtype}")
+        if ids.shape != (batch,):
+            raise ValueError(
+                f"target must hold one class id per sample ({batch}), got shape {tuple(ids.shape)}"
+            )
+        ids = ids.long()
+    bad = (ids < 0) | (ids >= classes)
+    if bool(bad.any()):
+        raise ValueError(
+            f"target {int(ids[bad][0])} is out of range for a model with {classes} classes"
+        )
+    return ids
 
 
 def resolve_targets(target: Target, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,24 +109,8 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> tuple[torch.Tensor,
         target = result
     if target is None:
         ids = logits.detach().argmax(dim=1)
-    elif isinstance(target, bool):
-        raise TypeError("target must be None, an int, one int per sample, or a callable")
-    elif isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
-        ids = torch.full((batch,), int(target), dtype=torch.long, device=logits.device)
     else:
-        ids = torch.as_tensor(target, device=logits.device)
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class ids, got {ids.dtype}")
-        if ids.shape != (batch,):
-            raise ValueError(
-                f"target must hold one class id per sample ({batch}), got shape {tuple(ids.shape)}"
-            )
-        ids = ids.long()
-    bad = (ids < 0) | (ids >= classes)
-    if bool(bad.any()):
-        raise ValueError(
-            f"target {int(ids[bad][0])} is out of range for a model with {classes} classes"
-        )
+        ids = check_target_ids(target, batch, classes, logits.device)
     return ids, logits.gather(1, ids.unsqueeze(1)).squeeze(1)
 
 
@@ -113,6 +130,11 @@ class Explainer:
             post-ReLU map, as in SiLU or GELU networks): 'relu' (default; never flips a sign),
             'abs', or None to refuse such stages.
         check: validate inputs and outputs (finite values); off for a trusted low-latency path.
+        amp_dtype: torch.bfloat16 or torch.float16 runs the model's forward under autocast (the
+            CAM and GE math stay in float32); None (default) runs it as it is.
+
+    The model's modules are listed once, here: a module added to the model later is not
+    switched to eval mode during calls (make a new explainer after changing the model).
 
     Explainers share nothing: several may run at once, in threads, on one model or several. A
     model shared between threads should be in eval mode already, since each call switches it to
@@ -130,6 +152,7 @@ class Explainer:
         gradual: bool = True,
         stage_transform: str | None = "relu",
         check: bool = True,
+        amp_dtype: torch.dtype | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -137,8 +160,13 @@ class Explainer:
             raise ValueError(
                 f"stage_transform must be one of {STAGE_TRANSFORMS}, got {stage_transform!r}"
             )
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(
+                f"amp_dtype must be torch.bfloat16, torch.float16 or None, got {amp_dtype}"
+            )
         check_backend_name(backend)
         self.model = model
+        self._modules = tuple(model.modules())
         self.method_name, self._method = cams.get_method(method)
         self.target_layer = target_layer
         self.stages = stages
@@ -146,6 +174,7 @@ class Explainer:
         self.gradual = gradual
         self.stage_transform = stage_transform
         self.check = check
+        self.amp_dtype = amp_dtype
         self._layers: dict[tuple[int, int], Layers] = {}
         self._lock = threading.Lock()
 
@@ -156,7 +185,7 @@ class Explainer:
         size = tuple(x.shape[-2:])
         with self._lock:
             if size not in self._layers:
-                with _eval_mode(self.model):
+                with _eval_mode(self._modules):
                     traced = trace(self.model, x[:1].detach())
                 self._layers[size] = choose_layers(
                     traced,
@@ -188,6 +217,14 @@ class Explainer:
 
     # -- running ------------------------------------------------------------------------------
 
+    def _autocast(self, device: torch.device):
+        """The forward's mixed precision (``amp_dtype``). Autocast's weight-cast cache stays off,
+        as CUDA graph capture requires (PyTorch's CUDA-graph notes): the weights are cast inside
+        the captured graph on every replay, never taken from a cache outside it."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype, cache_enabled=False)
+
     def _check_input(self, x) -> torch.Tensor:
         x = check_image_batch(x)
         device = _model_device(self.model)
@@ -209,6 +246,21 @@ class Explainer:
         x = self._check_input(x)
         layers = self.layers_for(x)
         backend = resolve_backend(self.backend, x.device)
+        return self._explain_tensors(
+            x, layers, backend, lambda logits: resolve_targets(target, logits), self.check
+        )
+
+    def _explain_tensors(
+        self,
+        x: torch.Tensor,
+        layers: Layers,
+        backend: Backend,
+        choose_targets: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        check: bool,
+    ) -> Explanation:
+        """The explanation of a checked ``x`` as tensor operations only: with ``check`` off and a
+        ``choose_targets`` that stays on the device, nothing here waits for the device, so
+        ``gradex.StaticExplainer`` can capture it whole in a CUDA graph."""
         transforms = self._transform_for(layers)
         reduced: list = [None] * len(layers.stages)
         target_output: list[torch.Tensor] = []
@@ -226,17 +278,17 @@ class Explainer:
             return leaf.clone()
 
         session = HookSession(self.model, layers, on_stage if self.gradual else None, on_target)
-        with _eval_mode(self.model), session, torch.no_grad():
+        with _eval_mode(self._modules), session, torch.no_grad(), self._autocast(x.device):
             logits = self.model(x)
         session.check_complete()
         logits = self._check_logits(logits, x.shape[0])
-        ids, score = resolve_targets(target, logits)
+        ids, score = choose_targets(logits)
         if not score.requires_grad:
             raise RuntimeError(f"the score does not depend on the target layer {layers.target.ref}")
         (grads,) = torch.autograd.grad(score.sum(), target_output[0])
         cam = cams.compute_cam(self._method, target_output[0].detach(), grads)
         stages = reduced if self.gradual else []
-        if self.check:
+        if check:
             check_finite(cam, f"the CAM at {layers.target.ref}")
             for k, (channel_sum, _) in enumerate(stages):
                 check_finite(channel_sum, f"stage {layers.stages[k].ref}")
@@ -248,6 +300,13 @@ class Explainer:
             score=score.detach(),
             logits=logits.detach(),
         )
+
+    def static(self, example: torch.Tensor, *, mode: str = "auto", warmup: int = 3):
+        """A low-latency explainer for inputs shaped like ``example``; see
+        ``gradex.StaticExplainer``."""
+        from .static import StaticExplainer
+
+        return StaticExplainer(self, example, mode=mode, warmup=warmup)
 
     def capture(self, x: torch.Tensor) -> Capture:
         """Forward ``x`` and keep the GE stages' activations, for ``gradex.extrapolate`` on a
@@ -266,7 +325,7 @@ class Explainer:
             )
 
         session = HookSession(self.model, layers, on_stage, None)
-        with _eval_mode(self.model), session, torch.no_grad():
+        with _eval_mode(self._modules), session, torch.no_grad(), self._autocast(x.device):
             logits = self.model(x)
         session.check_complete()
         return Capture(self._check_logits(logits, x.shape[0]), activations, layers)
