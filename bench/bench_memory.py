@@ -30,6 +30,7 @@ from timing import cpu_name
 
 import gradex
 from gradex import models, ops, reference
+from gradex.benchmark.measure import peak_memory_mib
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {
@@ -69,43 +70,38 @@ def keep_stages_backend(kept: list) -> str:
     return name
 
 
-def run_variant(variant: str, model, x) -> None:
+def make_variant(variant: str, model):
+    """The call that ``variant`` measures, as a function of the batch."""
     if variant == "inference":
-        with torch.no_grad():
-            model(x)
-    elif variant == "explain":
-        gradex.Explainer(model, backend="auto")(x)
-    else:
-        kept: list = []
-        gradex.Explainer(model, backend=keep_stages_backend(kept))(x)
+
+        def infer(x):
+            with torch.no_grad():
+                model(x)
+
+        return infer
+    if variant == "explain":
+        return gradex.Explainer(model, backend="auto")
+    kept: list = []
+    explainer = gradex.Explainer(model, backend=keep_stages_backend(kept))
+
+    def explain_keeping_stages(x):
+        explainer(x)
         kept.clear()
 
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    return explain_keeping_stages
 
 
 def child(args) -> None:
-    """One variant in a fresh process: prints the peak MiB above the memory in use before it."""
+    """One variant in a fresh process: prints the peak MiB of a second call above the memory in
+    use before it (the first call does the one-time work: layer discovery, loading kernels)."""
     device = torch.device(args.device)
     model, x = build(args.model, args.batch, device)
-    gradex.Explainer(model).layers_for(x)  # layer discovery is a one-time cost: not measured
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        run_variant(args.child, model, x)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated(device) - before
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident size
-        before = _status_kib("VmRSS") * 1024
-        run_variant(args.child, model, x)
-        peak = _status_kib("VmHWM") * 1024 - before
-    print(json.dumps({"peak_MiB": peak / 2**20}))
+    run = make_variant(args.child, model)
+    run(x)
+    peak = peak_memory_mib(device, lambda: run(x))
+    if peak is None:
+        raise RuntimeError("this system reports no peak resident size (/proc/self/status)")
+    print(json.dumps({"peak_MiB": peak}))
 
 
 def main() -> None:
