@@ -1,5 +1,6 @@
 """The command line: ``gradex explain IMAGE_OR_DIR... --out DIR``, ``gradex explain --demo``, and
-``gradex bench`` (the end-to-end benchmark against no-grad inference and the peers)."""
+``gradex bench`` (the end-to-end benchmark against no-grad inference and the peers) and
+``gradex evaluate`` (how good the maps are: the evaluation protocol's report)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     from .benchmark.harness import add_arguments
 
     add_arguments(bench)
+    evaluate = commands.add_parser(
+        "evaluate", help="score every method with and without GE: a markdown report with figures"
+    )
+    from .evaluation.harness import add_arguments as add_evaluate_arguments
+
+    add_evaluate_arguments(evaluate)
     return parser
 
 
@@ -189,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             from .benchmark.harness import run_from_args
 
             return run_from_args(args)
+        if args.command == "evaluate":
+            from .evaluation.harness import run_from_args as evaluate_from_args
+
+            return evaluate_from_args(args)
         return explain_command(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         print(f"gradex: error: {error}", file=sys.stderr)

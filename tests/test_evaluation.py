@@ -1,0 +1,52 @@
+"""gradex evaluate: the statistics on known inputs, and the quick run end to end (as in CI)."""
+
+import json
+
+import pytest
+import torch
+
+from gradex import cli
+from gradex.evaluation import stats
+
+
+def test_summary_and_paired_difference():
+    values = torch.arange(1.0, 101.0)
+    s = stats.summary(values)
+    assert s["mean"] == pytest.approx(50.5) and s["median"] == pytest.approx(50.5)
+    assert s["ci_low"] < 50.5 < s["ci_high"] and s["ci_high"] - s["ci_low"] < 15
+    assert stats.summary(values, seed=1)["ci_low"] != s["ci_low"]  # the seed matters, no more
+    shifted = stats.paired_difference(values + 2, values)
+    assert shifted["mean"] == pytest.approx(2) and shifted["excludes_0"]
+    assert shifted["ci_low"] == pytest.approx(2) and shifted["ci_high"] == pytest.approx(2)
+    noise = torch.randn(200, generator=torch.Generator().manual_seed(0))
+    assert not stats.paired_difference(noise, torch.zeros(200))["excludes_0"]
+    with pytest.raises(ValueError, match="must be paired"):
+        stats.paired_difference(values, values[:5])
+
+
+def test_quick_evaluation_writes_the_report(tmp_path, capsys):
+    assert cli.main(["evaluate", "--quick", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["README.md", "evaluation.json", "examples.png", "metrics.png"]
+    record = json.loads((tmp_path / "evaluation.json").read_text())
+    assert record["occlusion_checks"]["0"]["uses_the_object"]
+    table = record["summaries"]
+    assert {"gradcam", "gradcam + GE", "GE on a constant map (control)"} <= set(table)
+    for row in table.values():
+        for metric in ("energy_in_mask", "grid_localisation", "deletion_auc", "insertion_auc"):
+            assert 0 <= row[metric]["mean"] <= 1
+    # The baselines behave as their definition says: a random map localises at chance.
+    assert table["random map (baseline)"]["grid_localisation"]["mean"] == pytest.approx(
+        0.25, abs=0.02
+    )
+    assert len(record["goals"]) == 6 and all("met" in g for g in record["goals"])
+    text = (tmp_path / "README.md").read_text()
+    assert "## Goals (Grad-CAM)" in text and "| gradcam + GE |" in text
+    for png in ("examples.png", "metrics.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_arguments(capsys):
+    assert cli.main(["evaluate", "--quick", "--seeds", "99"]) == 2
+    assert "no shipped weights for [99]" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--quick", "--images", "0"]) == 2
