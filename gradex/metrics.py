@@ -328,19 +328,19 @@ def cascading_randomisation(
                 {
                     "randomised": name,
                     "spearman": spearman(trained, maps),
-                    "ssim": ssim(_unit(trained), _unit(maps)),
+                    "ssim": ssim(min_max(trained), min_max(maps)),
                 }
             )
     return steps
 
 
-def _unit(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max each map to [0, 1] (SSIM's constants assume a known range); constant -> 0."""
-    flat = maps.flatten(1)
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each map scaled to [0, 1] by its own minimum and maximum; a constant map becomes 0."""
+    flat = maps.flatten(1).float()
     low, high = flat.aminmax(dim=1)
     span = (high - low).view(-1, 1)
     scaled = torch.where(span > 0, (flat - low.view(-1, 1)) / span.clamp_min(1e-30), 0.0)
-    return scaled.view_as(maps)
+    return scaled.view(maps.shape)
 
 
 def sobel_edges(x: torch.Tensor) -> torch.Tensor:
@@ -372,6 +372,7 @@ __all__ = [
     "energy_in_mask",
     "grid_cell_masks",
     "grid_localisation",
+    "min_max",
     "pearson",
     "pointing_game",
     "sobel_edges",

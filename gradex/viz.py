@@ -12,16 +12,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from .metrics import min_max  # noqa: E402
+
 
 def _to_unit(saliency: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """(1,h,w) or (h,w) map -> (H,W) numpy array in [0, 1] at ``size``."""
     m = saliency.detach().float().reshape(1, 1, *saliency.shape[-2:])
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    m = m[0, 0]
-    lo, hi = m.min(), m.max()
-    m = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
-    return m.cpu().numpy()
+    return min_max(m[0]).view(m.shape[-2:]).cpu().numpy()
 
 
 def overlay(image: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5) -> np.ndarray:

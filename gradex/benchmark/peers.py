@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..metrics import min_max, pearson
 from .variants import OWN_COPY, Built, Setup, VariantSpec
 
 # peer -> (import name, distribution name)
@@ -128,13 +129,6 @@ PEER_VARIANTS = [
 ]
 
 
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    flat = maps.flatten(1)
-    low = flat.amin(dim=1, keepdim=True)
-    span = flat.amax(dim=1, keepdim=True) - low
-    return torch.where(span > 0, (flat - low) / span.clamp_min(1e-30), torch.zeros_like(flat))
-
-
 def agreement(ours: torch.Tensor, theirs) -> dict:
     """Compare gradex's coarse map (B,1,h,w) with a peer's map of the same batch ((B,H,W) or
     (B,1,H,W), tensor or array, at the layer's or the input's resolution): both min-max
@@ -148,12 +142,10 @@ def agreement(ours: torch.Tensor, theirs) -> dict:
     ours = ours.detach().float().cpu()
     if ours.shape[-2:] != theirs.shape[-2:]:
         ours = F.interpolate(ours, size=theirs.shape[-2:], mode="bilinear", align_corners=False)
-    a, b = _min_max(ours), _min_max(theirs)
-    a_centred, b_centred = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
-    a_norm, b_norm = a_centred.norm(dim=1), b_centred.norm(dim=1)
-    r = (a_centred * b_centred).sum(dim=1) / (a_norm * b_norm).clamp_min(1e-30)
-    both_constant = (a_norm == 0) & (b_norm == 0)
-    r = torch.where(both_constant, torch.ones_like(r), r)
+    a, b = min_max(ours[:, 0]), min_max(theirs[:, 0])
+    # Pearson gives 0 where a map is constant; two constant maps do agree.
+    both_constant = (a.flatten(1).amax(dim=1) == 0) & (b.flatten(1).amax(dim=1) == 0)
+    r = torch.where(both_constant, 1.0, pearson(a, b))
     min_r = float(r.min())
     return {
         "min_r": round(min_r, 5),
