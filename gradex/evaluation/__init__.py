@@ -1,8 +1,9 @@
 """``gradex evaluate``: every method with and without GE on the evaluation testbeds, the
 controls of the protocol, and a markdown report with tables and figures.
 
-So far: testbed B (synthetic images with exact masks, gradex.synthetic). Testbed A (photo grids
-for the embedded model), excitation backprop and the LayerCAM fusion baseline are still to come.
+So far: testbed B (synthetic images with exact masks, gradex.synthetic), with the LayerCAM
+fusion baseline. Testbed A (photo grids for the embedded model) and excitation backprop are
+still to come.
 """
 
 from .harness import main

@@ -21,10 +21,14 @@ from ..explainer import Explainer
 from ..ops import extrapolate
 from ..synthetic import load_model, make_grids, make_images
 from ..synthetic.occlusion import occlusion_check
+from .baselines import layercam_fusion
 
 # Generator seeds of the evaluation data: disjoint from the training and validation seeds.
 IMAGES_SEED, GRIDS_SEED = 30_000, 40_000
 
+# The synthetic CNN's stage outputs: what GE carries the map through, and what the LayerCAM
+# fusion baseline fuses.
+FUSION_LAYERS = ("stages.0", "stages.1", "stages.2", "stages.3")
 # Randomised cumulatively from the logits down, one stage at a time.
 SANITY_LAYERS = ("fc", "stages.3", "stages.2", "stages.1", "stages.0")
 
@@ -55,6 +59,11 @@ def _ge_on_constant(model, images, targets):
     return extrapolate(constant, captured.activations, output_size=images.shape[-2:])
 
 
+def _layercam_fusion(model, images, targets):
+    """LayerCAM fused over the stages GE reads (the synthetic CNN's four stage outputs)."""
+    return layercam_fusion(model, FUSION_LAYERS, images, targets)
+
+
 def _random_map(model, images, targets):
     """Uniform noise, one fixed draw per batch shape (the same for every target: its maps of two
     grid cells correlate perfectly, which says nothing about class sensitivity)."""
@@ -76,6 +85,7 @@ def rows(methods=tuple(METHODS)) -> list[Row]:
     for method in methods:
         out += [_cam_row(method, False), _cam_row(method, True)]
     out += [
+        Row("LayerCAM fusion, 4 layers (peer)", "layercam fusion", False, _layercam_fusion),
         Row("GE on a constant map (control)", "constant", True, _ge_on_constant),
         Row("random map (baseline)", "random", False, _random_map),
         Row("centred Gaussian (baseline)", "gaussian", False, _centred_gaussian),
