@@ -135,8 +135,8 @@ def agreement(ours: torch.Tensor, theirs) -> dict:
     normalised per sample at the peer's resolution (ours upsampled bilinearly, as the peers do),
     then the per-sample Pearson correlation. Two constant maps agree; one constant map does not
     agree with a varying one."""
-    theirs = torch.as_tensor(
-        np.asarray(theirs.detach().cpu() if torch.is_tensor(theirs) else theirs)
+    theirs = (
+        theirs.detach().cpu() if torch.is_tensor(theirs) else torch.as_tensor(np.asarray(theirs))
     )
     theirs = theirs.float().reshape(ours.shape[0], 1, *theirs.shape[-2:])
     ours = ours.detach().float().cpu()

@@ -32,6 +32,8 @@ FUSION_LAYERS = ("stages.0", "stages.1", "stages.2", "stages.3")
 # Randomised cumulatively from the logits down, one stage at a time.
 SANITY_LAYERS = ("fc", "stages.3", "stages.2", "stages.1", "stages.0")
 
+EXAMPLES = 4  # images shown with each method's maps in the report
+
 MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -116,9 +118,17 @@ def evaluate_seed(
     subset = slice(0, faithfulness_images)
     edges = metrics.sobel_edges(data.images)
     result = {"seed": seed, "occlusion_check": occlusion_check(model, data), "rows": {}}
+    examples = {
+        "images": data.images[:EXAMPLES],
+        "masks": data.masks[:EXAMPLES],
+        "labels": data.labels[:EXAMPLES],
+        "maps": {},
+    }
     for row in rows(methods):
         progress(f"seed {seed}: {row.name}")
         maps = row.make(model, data.images, data.labels)
+        if row.method in methods:  # the CAM rows, with and without GE: the report's panels
+            examples["maps"][row.name] = maps[:EXAMPLES]
         cell_maps = _grid_maps(row, model, grid_data)
         grid_scores = torch.cat(
             [
@@ -142,7 +152,7 @@ def evaluate_seed(
             "cross_cell_correlation": metrics.pearson(cell_maps[0], cell_maps[1]),
         }
     result["sanity"] = _sanity(model, data.images[:sanity_images], data.labels[:sanity_images])
-    result["examples"] = _examples(model, data, methods)
+    result["examples"] = examples
     return result
 
 
@@ -164,14 +174,3 @@ def _sanity(model, images, labels) -> dict:
             for s in steps
         ]
     return out
-
-
-def _examples(model, data, methods, count: int = 4) -> dict:
-    """A few images with each method's coarse and GE maps, for the report's panels."""
-    x, labels = data.images[:count], data.labels[:count]
-    maps = {}
-    for method in methods:
-        for gradual in (False, True):
-            explainer = Explainer(model, method=method, gradual=gradual)
-            maps[f"{method}{' + GE' if gradual else ''}"] = explainer(x, target=labels).saliency
-    return {"images": x, "masks": data.masks[:count], "labels": labels, "maps": maps}
