@@ -102,6 +102,31 @@ def check_activations(
     return list(activations)
 
 
+NORMALIZATIONS = ("minmax", "standardize")
+STAGE_WEIGHTINGS = ("local", "global")
+
+
+def check_normalize(normalize) -> str | None:
+    """'minmax', 'standardize' or None; True means the default 'minmax', False means None."""
+    if normalize is True:
+        return "minmax"
+    if normalize is False or normalize is None:
+        return None
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalize must be one of {NORMALIZATIONS}, True, False or None; got {normalize!r}"
+        )
+    return normalize
+
+
+def check_stage_weighting(stage_weighting) -> str:
+    if stage_weighting not in STAGE_WEIGHTINGS:
+        raise ValueError(
+            f"stage_weighting must be one of {STAGE_WEIGHTINGS}, got {stage_weighting!r}"
+        )
+    return stage_weighting
+
+
 def check_extrapolate_args(heatmap, activations, output_size, transform=None, check=True):
     """(heatmap as (B,1,h,w), activations as a list, output_size as a pair or None)."""
     heatmap = as_heatmap(heatmap, check)

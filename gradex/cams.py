@@ -11,6 +11,9 @@ from collections.abc import Callable
 
 import torch
 
+from . import excitation
+from .excitation import mass_map
+
 CamMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _EPS = 1e-7
@@ -60,7 +63,19 @@ METHODS: dict[str, CamMethod] = {
     "hirescam": hirescam,
     "layercam": layercam,
 }
-_ALIASES = {"grad-cam": "gradcam", "gradcampp": "gradcam++", "grad-cam++": "gradcam++"}
+# Excitation backprop (gradex.excitation): G is the excitation mass sent down from the class,
+# not a gradient; the Explainer switches its backward pass for these names.
+EXCITATION_METHODS: dict[str, CamMethod] = {name: mass_map for name in excitation.METHODS}
+_ALIASES = {
+    "grad-cam": "gradcam",
+    "gradcampp": "gradcam++",
+    "grad-cam++": "gradcam++",
+    "eb": "excitation",
+    "excitation backprop": "excitation",
+    "c-eb": "contrastive excitation",
+    "contrastive-excitation": "contrastive excitation",
+    "contrastive excitation backprop": "contrastive excitation",
+}
 
 
 def get_method(name: str | CamMethod) -> tuple[str, CamMethod]:
@@ -70,9 +85,10 @@ def get_method(name: str | CamMethod) -> tuple[str, CamMethod]:
     if not isinstance(name, str):
         raise TypeError(f"method must be a name or a callable, got {type(name).__name__}")
     key = _ALIASES.get(name.lower(), name.lower())
-    if key not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {name!r}")
-    return key, METHODS[key]
+    known = {**METHODS, **EXCITATION_METHODS}
+    if key not in known:
+        raise ValueError(f"method must be one of {', '.join(known)}; got {name!r}")
+    return key, known[key]
 
 
 def compute_cam(method: CamMethod, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,13 @@ METHOD_TITLES = {
     "xgradcam": "XGrad-CAM",
     "hirescam": "HiResCAM",
     "layercam": "LayerCAM",
+    "excitation": "Excitation backprop",
+    "contrastive excitation": "Contrastive excitation backprop",
 }
+# Command-line spellings of the methods (no spaces).
+METHOD_CHOICES = [*METHODS, "excitation", "contrastive-excitation"]
+# GE exactly as the paper computes it (per sample), instead of gradex's defaults.
+PAPER_GE = {"stage_weighting": "global", "normalize": "standardize"}
 _PROGRESS_FROM = 4  # images; fewer finish before a progress bar would say anything useful
 
 
@@ -43,11 +49,16 @@ def _parser() -> argparse.ArgumentParser:
         "--model", default=EMBEDDED_MODEL, help=f"{EMBEDDED_MODEL} (embedded) or a torchvision name"
     )
     explain.add_argument("--weights", help="local weights file for a torchvision model")
-    explain.add_argument("--method", default="gradcam", choices=list(METHODS))
+    explain.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     explain.add_argument("--target", type=int, help="class id to explain (default: top-1)")
     explain.add_argument("--batch-size", type=int, default=8)
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     explain.add_argument("--no-gradual", action="store_true", help="plain upsampled CAM, no GE")
+    explain.add_argument(
+        "--paper",
+        action="store_true",
+        help="GE as the paper computes it (global stage weighting, standardise-and-clip)",
+    )
     bench = commands.add_parser(
         "bench", help="time explanations against no-grad inference and the peers"
     )
@@ -127,7 +138,8 @@ def explain_command(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, args.weights)
     model = bundle.model.to(device)
     load_seconds = time.perf_counter() - started
-    explainer = Explainer(model, method=args.method, gradual=not args.no_gradual)
+    options = PAPER_GE if args.paper else {}
+    explainer = Explainer(model, method=args.method, gradual=not args.no_gradual, **options)
     method_title = METHOD_TITLES[explainer.method_name]
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -173,6 +185,8 @@ def explain_command(args: argparse.Namespace) -> int:
         "device": str(device),
         "target_layer": str(layers.target.ref) if layers else None,
         "stages": [str(s.ref) for s in layers.stages] if layers and not args.no_gradual else [],
+        "stage_weighting": explainer.stage_weighting,
+        "normalize": explainer.normalize,
         "images": results,
         "skipped": skipped,
         "timings": {

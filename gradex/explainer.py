@@ -17,8 +17,15 @@ import torch
 from torch import nn
 
 from . import cams
-from ._validation import STAGE_TRANSFORMS, check_finite, check_image_batch
+from ._validation import (
+    STAGE_TRANSFORMS,
+    check_finite,
+    check_image_batch,
+    check_normalize,
+    check_stage_weighting,
+)
 from .capture import NON_NEGATIVE, HookSession, Layers, choose_layers, trace
+from .excitation import ExcitationHooks
 from .ops import Backend, check_backend_name, extrapolate_reduced, resolve_backend
 from .reference import apply_transform
 
@@ -119,7 +126,9 @@ class Explainer:
 
     Args:
         model: a CNN classifier returning (B,K) logits.
-        method: 'gradcam', 'gradcam++', 'xgradcam', 'hirescam', 'layercam', or ``f(A, G)``.
+        method: 'gradcam', 'gradcam++', 'xgradcam', 'hirescam', 'layercam', or ``f(A, G)``;
+            or 'excitation' / 'contrastive excitation' (excitation backprop, gradex.excitation:
+            the layers after the target layer pass a class's mass down instead of a gradient).
         target_layer: module or dotted name (``name#k`` for the k-th call of a reused module);
             default: the last spatial feature map.
         stages: modules or names of the GE stages; default: one per resolution, the deepest
@@ -129,6 +138,9 @@ class Explainer:
         stage_transform: applied to stages that may be negative (where a resolution has no
             post-ReLU map, as in SiLU or GELU networks): 'relu' (default; never flips a sign),
             'abs', or None to refuse such stages.
+        stage_weighting: 'local' (default) or 'global' (the paper's); see ``gradex.extrapolate``.
+        normalize: 'minmax' (default) or 'standardize' (the paper's); the map is in [0, 1].
+            The paper's exact GE: ``stage_weighting='global', normalize='standardize'``.
         check: validate inputs and outputs (finite values); off for a trusted low-latency path.
         amp_dtype: torch.bfloat16 or torch.float16 runs the model's forward under autocast (the
             CAM and GE math stay in float32); None (default) runs it as it is.
@@ -151,6 +163,8 @@ class Explainer:
         *,
         gradual: bool = True,
         stage_transform: str | None = "relu",
+        stage_weighting: str = "local",
+        normalize: str = "minmax",
         check: bool = True,
         amp_dtype: torch.dtype | None = None,
     ):
@@ -165,9 +179,14 @@ class Explainer:
                 f"amp_dtype must be torch.bfloat16, torch.float16 or None, got {amp_dtype}"
             )
         check_backend_name(backend)
+        if normalize is None or normalize is False:
+            raise ValueError("normalize: an Explainer's maps are always normalised to [0, 1]")
+        self.normalize = check_normalize(normalize)
+        self.stage_weighting = check_stage_weighting(stage_weighting)
         self.model = model
         self._modules = tuple(model.modules())
         self.method_name, self._method = cams.get_method(method)
+        self._excitation = self.method_name in cams.EXCITATION_METHODS
         self.target_layer = target_layer
         self.stages = stages
         self.backend = backend
@@ -206,7 +225,11 @@ class Explainer:
         probe = torch.randn(1, 3, *input_size, generator=generator).to(device)
         layers = self.layers_for(probe)
         transform = self.stage_transform
-        text = [f"method: {self.method_name}  gradual: {self.gradual}", layers.describe()]
+        text = [
+            f"method: {self.method_name}  gradual: {self.gradual}  stage_weighting: "
+            f"{self.stage_weighting}  normalize: {self.normalize}",
+            layers.describe(),
+        ]
         signed = [str(s.ref) for s in layers.stages if s.kind != NON_NEGATIVE]
         if signed:
             text.append(f"stage_transform {transform!r} applied to: {', '.join(signed)}")
@@ -243,6 +266,11 @@ class Explainer:
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("cannot explain inside torch.inference_mode(): it forbids gradients")
+        if self._excitation and callable(target):
+            raise TypeError(
+                f"target: method {self.method_name!r} sends a class's mass down; give class ids "
+                "(None, an int or one per sample), not a callable"
+            )
         x = self._check_input(x)
         layers = self.layers_for(x)
         backend = resolve_backend(self.backend, x.device)
@@ -277,22 +305,31 @@ class Explainer:
             # A clone, so that an in-place op after this layer never touches the leaf.
             return leaf.clone()
 
+        # Excitation hooks go on first, so that the target layer's call, which runs before any
+        # graph is recorded, is left to the session's hook.
+        rules = ExcitationHooks(self.model) if self._excitation else contextlib.nullcontext()
         session = HookSession(self.model, layers, on_stage if self.gradual else None, on_target)
-        with _eval_mode(self._modules), session, torch.no_grad(), self._autocast(x.device):
+        with _eval_mode(self._modules), rules, session, torch.no_grad(), self._autocast(x.device):
             logits = self.model(x)
         session.check_complete()
         logits = self._check_logits(logits, x.shape[0])
         ids, score = choose_targets(logits)
         if not score.requires_grad:
             raise RuntimeError(f"the score does not depend on the target layer {layers.target.ref}")
-        (grads,) = torch.autograd.grad(score.sum(), target_output[0])
+        if self._excitation:
+            contrastive = self.method_name == "contrastive excitation"
+            grads = rules.mass_at(logits, target_output[0], ids, contrastive)
+        else:
+            (grads,) = torch.autograd.grad(score.sum(), target_output[0])
         cam = cams.compute_cam(self._method, target_output[0].detach(), grads)
         stages = reduced if self.gradual else []
         if check:
             check_finite(cam, f"the CAM at {layers.target.ref}")
             for k, (channel_sum, _) in enumerate(stages):
                 check_finite(channel_sum, f"stage {layers.stages[k].ref}")
-        saliency = extrapolate_reduced(cam, stages, tuple(x.shape[-2:]), True, backend)
+        saliency = extrapolate_reduced(
+            cam, stages, tuple(x.shape[-2:]), backend, self.normalize, self.stage_weighting
+        )
         return Explanation(
             saliency=saliency,
             cam=cam,

@@ -181,12 +181,20 @@ def extrapolate_reduced(
     heatmap: torch.Tensor,
     stages: Sequence[reference.Stage],
     output_size: tuple[int, int] | None,
-    normalize: bool,
     backend: Backend,
+    normalize: str | bool | None = "minmax",
+    stage_weighting: str = "local",
 ) -> torch.Tensor:
     """The chain on stages that are already reduced (the Explainer reduces them in its hooks)."""
+    finish = reference.finish_for(normalize, backend.normalize)
+    stages = reference.weighted_stages(stages, tuple(heatmap.shape[-2:]), stage_weighting)
     return reference.chain(
-        heatmap, stages, output_size, normalize, step=backend.step, finish=backend.normalize
+        heatmap,
+        stages,
+        output_size,
+        finish is not None,
+        step=backend.step,
+        finish=finish or backend.normalize,
     )
 
 
@@ -194,9 +202,10 @@ def extrapolate(
     heatmap: torch.Tensor,
     activations: Sequence[torch.Tensor],
     output_size=None,
-    normalize: bool = True,
+    normalize: str | bool | None = "minmax",
     backend: str = "auto",
     *,
+    stage_weighting: str = "local",
     transform: str | None = None,
     check: bool = True,
 ) -> torch.Tensor:
@@ -206,11 +215,17 @@ def extrapolate(
         heatmap: (B,1,h,w) or (B,h,w) coarse map (Grad-CAM or any other heatmap).
         activations: (B,C_k,H_k,W_k) tensors of the same forward pass, ordered shallow to deep.
         output_size: int or (H, W) of the result; default: the shallowest stage's size.
-        normalize: map each sample to [0, 1] (standardise, clip to ±1 std, min-max).
+        normalize: 'minmax' (default; True) maps each sample to [0, 1]; 'standardize' is the
+            paper's (standardise, clip to ±1 std, min-max); None or False returns the raw chain.
         backend: 'auto' or a name from ``gradex.backends()``.
+        stage_weighting: 'local' (default) balances each stage's strength over windows of 2×2
+            coarse-map cells, so GE sharpens where the map points without moving evidence
+            towards distant regions that fire more strongly; 'global' is the paper's.
         transform: None, 'relu' or 'abs', applied to each activation (for stages that are not
             post-activation maps); without one, negative activations are refused.
         check: validate values (finite, non-negative); turn off on a trusted low-latency path.
+
+    The paper's formula: ``stage_weighting='global', normalize='standardize'``.
 
     Returns:
         (B,1,H_out,W_out) float32 on the heatmap's device. The inputs are never modified.
@@ -218,6 +233,8 @@ def extrapolate(
     heatmap, activations, output_size = check_extrapolate_args(
         heatmap, activations, output_size, transform, check
     )
+    reference.finish_for(normalize)  # refuse a bad name before any work
+    reference.check_stage_weighting(stage_weighting)
     chosen = resolve_backend(backend, heatmap.device)
     stages = [chosen.reduce_stage(a, transform) for a in activations]
-    return extrapolate_reduced(heatmap, stages, output_size, normalize, chosen)
+    return extrapolate_reduced(heatmap, stages, output_size, chosen, normalize, stage_weighting)

@@ -61,6 +61,19 @@ def test_no_gradual_and_duplicate_names(tmp_path):
     assert report["gradual"] is False and report["stages"] == []
 
 
+def test_excitation_method_and_the_papers_ge(tmp_path):
+    cat = images.demo_photos()[0]
+    out = tmp_path / "out"
+    args = ["explain", str(cat), "--out", str(out), "--method", "contrastive-excitation"]
+    assert cli.main([*args, "--paper"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["method"] == "contrastive excitation"
+    assert report["stage_weighting"] == "global" and report["normalize"] == "standardize"
+    assert cli.main(args) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["stage_weighting"] == "local" and report["normalize"] == "minmax"
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     assert cli.main(["explain", "--out", str(tmp_path)]) == 2
     assert "no images" in capsys.readouterr().err

@@ -27,29 +27,93 @@ def test_summary_and_paired_difference():
 def test_quick_evaluation_writes_the_report(tmp_path, capsys):
     assert cli.main(["evaluate", "--quick", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["README.md", "evaluation.json", "examples.png", "metrics.png"]
+    assert names == [
+        "README.md",
+        "evaluation.json",
+        "examples.png",
+        "examples_photos.png",
+        "metrics.png",
+    ]
     record = json.loads((tmp_path / "evaluation.json").read_text())
     assert record["occlusion_checks"]["0"]["uses_the_object"]
-    table = record["summaries"]
-    assert {"gradcam", "gradcam + GE", "GE on a constant map (control)"} <= set(table)
-    for row in table.values():
-        for metric in ("energy_in_mask", "grid_localisation", "deletion_auc", "insertion_auc"):
+    expected_rows = {
+        "gradcam",
+        "gradcam + GE",
+        "contrastive excitation",
+        "contrastive excitation + GE",
+        "gradcam + GE, paper's formula",
+        "gradcam + GE, global stage weighting",
+        "GE on a constant map (control)",
+    }
+    for table in (record["summaries"], record["photo_summaries"]):
+        assert expected_rows <= set(table)
+        for row in table.values():
+            assert 0 <= row["grid_localisation"]["mean"] <= 1
+        # The baselines behave as their definition says: a random map localises at chance.
+        assert table["random map (baseline)"]["grid_localisation"]["mean"] == pytest.approx(
+            0.25, abs=0.02
+        )
+    for row in record["summaries"].values():
+        for metric in ("energy_in_mask", "deletion_auc", "insertion_auc"):
             assert 0 <= row[metric]["mean"] <= 1
-    # The baselines behave as their definition says: a random map localises at chance.
-    assert table["random map (baseline)"]["grid_localisation"]["mean"] == pytest.approx(
-        0.25, abs=0.02
+        assert 0 <= row["average_drop"]["mean"] <= 100
+    # --quick runs no RISE on the photos (450 forward passes a crop): those cells stay empty.
+    assert "deletion_auc" not in record["photo_summaries"]["gradcam"]
+    assert {"gradcam + GE, block outputs (relu)", "LayerCAM fusion, 5 layers (peer)"} <= set(
+        record["photo_summaries"]
     )
-    assert len(record["goals"]) == 6 and all("met" in g for g in record["goals"])
+    # B: energy, grid, deletion, insertion, sanity, constant; A: grid, constant.
+    assert len(record["goals"]) == 8 and all("met" in g for g in record["goals"])
+    failures = record["failing_cells"]
+    assert failures["per_photo"] and set(failures["correlation"]) == {
+        "GE (defaults)",
+        "GE, global weighting",
+        "GE, paper",
+    }
+    assert record["equivalences"]["hirescam"] < 1e-5 and record["equivalences"]["xgradcam"] < 1e-5
     text = (tmp_path / "README.md").read_text()
-    assert "## Goals (Grad-CAM)" in text and "| gradcam + GE |" in text
-    for png in ("examples.png", "metrics.png"):
+    for heading in (
+        "## Main table",
+        "## Goals (Grad-CAM)",
+        "## Testbed A: EfficientNet-Lite0 on photo grids",
+        "### Where GE fails on photos, and why",
+        "## Choosing GE's defaults (Grad-CAM)",
+    ):
+        assert heading in text
+    assert "| gradcam + GE |" in text
+    for png in ("examples.png", "examples_photos.png", "metrics.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_photo_grids_hold_four_photos_and_four_classes():
+    from gradex.evaluation.photos import make_grids
+    from gradex.models import load_lite0
+
+    pytest.importorskip("skimage")
+    from gradex.evaluation.photos import make_crops
+
+    crops = make_crops(load_lite0(), 2, seed=1)
+    assert (crops.probability >= 0.5).all()
+    grids = make_grids(crops, 3, seed=2)
+    assert grids.images.shape == (3, 3, 448, 448)
+    for labels, photos in zip(grids.labels, grids.photos, strict=True):
+        assert len(set(labels.tolist())) == 4 and len(set(photos.tolist())) == 4
+    # Cell 1 (top right) of grid 0 is exactly its crop.
+    index = (crops.labels == grids.labels[0, 1]) & (crops.photos == grids.photos[0, 1])
+    assert any(
+        torch.equal(grids.images[0, :, :224, 224:], crops.images[i])
+        for i in index.nonzero().flatten().tolist()
+    )
 
 
 def test_bad_arguments(capsys):
     assert cli.main(["evaluate", "--quick", "--seeds", "99"]) == 2
     assert "no shipped weights for [99]" in capsys.readouterr().err
     assert cli.main(["evaluate", "--quick", "--images", "0"]) == 2
+    assert cli.main(["evaluate", "--quick", "--photo-grids", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        cli.main(["evaluate", "--quick", "--methods", "gradcam", "nope"])
+    assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_layercam_fusion_agrees_with_pytorch_grad_cam():

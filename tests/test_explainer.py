@@ -98,7 +98,33 @@ def test_gradual_false_gives_the_normalised_upsampled_cam():
     x = torch.randn(2, 3, 64, 64)
     exp = gradex.Explainer(model, gradual=False)(x)
     up = F.interpolate(exp.cam, size=(64, 64), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(exp.saliency, reference.normalize_maps(up))
+    torch.testing.assert_close(exp.saliency, reference.minmax_maps(up))
+    paper = gradex.Explainer(model, gradual=False, normalize="standardize")(x)
+    torch.testing.assert_close(paper.saliency, reference.normalize_maps(up))
+
+
+def test_paper_options_give_the_papers_formula():
+    model = get("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    explainer = gradex.Explainer(model, stage_weighting="global", normalize="standardize")
+    exp = explainer(x)
+    captured = explainer.capture(x)
+    expected = reference.extrapolate(
+        exp.cam, captured.activations, (64, 64), stage_weighting="global", normalize="standardize"
+    )
+    torch.testing.assert_close(exp.saliency, expected)
+    default = gradex.Explainer(model)(x)
+    assert (default.saliency - exp.saliency).abs().max() > 0.1  # the options do change the map
+
+
+def test_bad_normalize_and_stage_weighting_are_refused():
+    model = get("resnet18")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        gradex.Explainer(model, normalize="z")
+    with pytest.raises(ValueError, match="always normalised"):
+        gradex.Explainer(model, normalize=None)
+    with pytest.raises(ValueError, match="stage_weighting must be one of"):
+        gradex.Explainer(model, stage_weighting="paper")
 
 
 def _hook_count(model):

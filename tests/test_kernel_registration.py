@@ -71,7 +71,7 @@ def test_opcheck_compiled_and_triton_ops_on_cuda():
 def ge_function(backend):
     def explain(heatmap, shallow, deep):
         stages = [backend.reduce_stage(shallow, None), backend.reduce_stage(deep, "relu")]
-        return ops.extrapolate_reduced(heatmap, stages, (32, 32), True, backend)
+        return ops.extrapolate_reduced(heatmap, stages, (32, 32), backend)
 
     return explain
 

@@ -240,10 +240,19 @@ def test_normalize_maps_matches_reference(backend_name, device, dtype, size):
         assert out[0].min() == 0 and out[0].max() == 1
 
 
+# The defaults, and the paper's formula (which runs the fused standardise-and-clip kernel).
+CHAIN_OPTIONS = {
+    "defaults": {},
+    "paper": {"stage_weighting": "global", "normalize": "standardize"},
+}
+
+
 @pytest.mark.parametrize("backend_name, device, dtype", ALL_BACKENDS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_whole_chain_matches_reference(backend_name, device, dtype, layout, batch):
+@pytest.mark.parametrize("options", list(CHAIN_OPTIONS))
+def test_whole_chain_matches_reference(backend_name, device, dtype, layout, batch, options):
+    options = CHAIN_OPTIONS[options]
     backend_or_skip(backend_name, device)
     stage_shapes = [
         (batch, 16, 56, 56),
@@ -254,14 +263,14 @@ def test_whole_chain_matches_reference(backend_name, device, dtype, layout, batc
     originals = [make_activation(s, layout, torch.float32, device) for s in stage_shapes]
     acts = [a.to(dtype) for a in originals]
     heatmap = torch.rand(batch, 1, 7, 7, device=device)
-    out = ops.extrapolate(heatmap, acts, output_size=(112, 112), backend=backend_name)
+    out = ops.extrapolate(heatmap, acts, (112, 112), backend=backend_name, **options)
     same_dtype, fp32_original = TOLERANCE[dtype]
-    expected = reference.extrapolate(heatmap, acts, output_size=(112, 112))
+    expected = reference.extrapolate(heatmap, acts, (112, 112), **options)
     rtol, atol = same_dtype
     torch.testing.assert_close(out, expected, rtol=rtol, atol=max(atol, 1e-5))
     rtol, atol = fp32_original
     torch.testing.assert_close(
-        out, reference.extrapolate(heatmap, originals, output_size=(112, 112)), rtol=rtol, atol=atol
+        out, reference.extrapolate(heatmap, originals, (112, 112), **options), rtol=rtol, atol=atol
     )
     assert out.device.type == device and out.dtype == torch.float32
 

@@ -35,6 +35,28 @@ def test_auto_falls_back_to_reference_once_warned_where_nothing_else_is_built(mo
     assert ops.resolve_backend("auto", torch.device("meta")).name == "reference"
 
 
+@pytest.mark.parametrize("normalize", ["minmax", "standardize", None])
+@pytest.mark.parametrize("stage_weighting", ["local", "global"])
+def test_every_option_equals_reference(normalize, stage_weighting):
+    acts = random_stages(2, [(15, 11), (7, 6)])
+    heatmap = torch.rand(2, 1, 3, 3)
+    options = {"normalize": normalize, "stage_weighting": stage_weighting}
+    torch.testing.assert_close(
+        gradex.extrapolate(heatmap, acts, output_size=(20, 16), **options),
+        reference.extrapolate(heatmap, acts, output_size=(20, 16), **options),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_bad_option_names_are_refused_before_any_work():
+    heatmap, acts = torch.rand(1, 1, 2, 2), random_stages(1, [(4, 4)])
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        gradex.extrapolate(heatmap, acts, normalize="l2")
+    with pytest.raises(ValueError, match="stage_weighting must be one of"):
+        gradex.extrapolate(heatmap, acts, stage_weighting=None)
+
+
 def test_unknown_backend_is_refused_with_the_choices():
     heatmap, acts = torch.rand(1, 1, 2, 2), random_stages(1, [(4, 4)])
     with pytest.raises(
@@ -56,7 +78,7 @@ def test_unchecked_path_gives_the_same_map():
 def test_normalize_false_returns_the_raw_chain():
     acts = random_stages(2, [(8, 8)])
     heatmap = torch.rand(2, 1, 2, 2)
-    raw = gradex.extrapolate(heatmap, acts, normalize=False)
+    raw = gradex.extrapolate(heatmap, acts, normalize=False, stage_weighting="global")
     s, m = reference.reduce_stage(acts[0])
     expected = torch.nn.functional.interpolate(heatmap, size=(8, 8), mode="bilinear")
     torch.testing.assert_close(raw, expected * s / m.view(-1, 1, 1, 1))

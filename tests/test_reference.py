@@ -33,16 +33,70 @@ def normalize_numpy(g: np.ndarray) -> np.ndarray:
     return (z - z.min()) / (z.max() - z.min())
 
 
-def test_hand_computed_single_stage():
+PAPER = {"stage_weighting": "global", "normalize": "standardize"}
+
+
+def test_hand_computed_single_stage_paper_formula():
     heatmap = torch.full((1, 1, 1, 1), 2.0)
     a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
     # S = [[1,3],[4,4]], M = 4, g = 2 everywhere: g * S / M = [[0.5,1.5],[2,2]]
-    raw = reference.extrapolate(heatmap, [a], normalize=False)
+    raw = reference.extrapolate(heatmap, [a], normalize=False, stage_weighting="global")
     assert torch.equal(raw, torch.tensor([[[[0.5, 1.5], [2.0, 2.0]]]]))
     # mean 1.5, unbiased std sqrt(0.5); z = [-1 (clipped), 0, 0.7071, 0.7071]
-    out = reference.extrapolate(heatmap, [a])
+    out = reference.extrapolate(heatmap, [a], **PAPER)
     expected = torch.tensor([[[[0.0, 1 / (1 + 0.5**0.5), 1.0, 1.0]]]]).view(1, 1, 2, 2)
     torch.testing.assert_close(out, expected)
+
+
+def test_hand_computed_single_stage_defaults():
+    heatmap = torch.full((1, 1, 1, 1), 2.0)
+    a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
+    # 'local': a 1x1 coarse map has one window; S = [[1,3],[4,4]] over its mean 3, g = 2:
+    # g * S / 3 = [[2/3, 2], [8/3, 8/3]] (up to the 1e-6 floor); min-max: [[0, 2/3], [1, 1]]
+    raw = reference.extrapolate(heatmap, [a], normalize=False)
+    torch.testing.assert_close(raw, torch.tensor([[[[2 / 3, 2.0], [8 / 3, 8 / 3]]]]))
+    out = reference.extrapolate(heatmap, [a])
+    torch.testing.assert_close(out, torch.tensor([[[[0.0, 2 / 3], [1.0, 1.0]]]]))
+
+
+def test_local_weighting_keeps_evidence_where_the_coarse_map_put_it():
+    # The coarse map puts equal evidence in its left and right halves; the stage fires 100x
+    # harder on the right. The paper's weighting moves nearly all evidence to the right; the
+    # local one balances the strength over windows of 2x2 coarse cells. The window means are
+    # blended bilinearly (no window edges in the map), so next to the step some evidence still
+    # moves: about 0.69 on the right instead of 0.5, against 0.99.
+    heatmap = torch.ones(1, 1, 4, 4)
+    a = torch.ones(1, 3, 16, 16)
+    a[..., 8:] *= 100.0
+    shares = {}
+    for weighting in ("global", "local"):
+        raw = reference.extrapolate(heatmap, [a], normalize=False, stage_weighting=weighting)
+        shares[weighting] = float(raw[..., 8:].sum() / raw.sum())
+    assert shares["global"] > 0.98
+    assert 0.5 <= shares["local"] < 0.75
+
+
+def test_local_weighting_still_sharpens_inside_a_window():
+    # Within one window the stage's pattern shapes the map: the firing pixel gets the evidence.
+    heatmap = torch.ones(1, 1, 2, 2)
+    a = torch.full((1, 2, 8, 8), 0.01)
+    a[..., 2, 5] = 5.0
+    out = reference.extrapolate(heatmap, [a])
+    assert out[0, 0].argmax() == 2 * 8 + 5
+    assert out.max() == 1.0 and out.min() == 0.0
+
+
+def test_minmax_and_bad_normalize_names():
+    g = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]]])
+    torch.testing.assert_close(reference.minmax_maps(g), (g - 1) / 4)
+    assert torch.equal(
+        reference.minmax_maps(torch.full((2, 1, 3, 3), 7.0)), torch.zeros(2, 1, 3, 3)
+    )
+    acts = random_stages(1, [(8, 8)])
+    with pytest.raises(ValueError, match="normalize"):
+        reference.extrapolate(torch.rand(1, 1, 4, 4), acts, normalize="zscore")
+    with pytest.raises(ValueError, match="stage_weighting"):
+        reference.extrapolate(torch.rand(1, 1, 4, 4), acts, stage_weighting="paper")
 
 
 def test_two_stages_match_a_numpy_transcription():
@@ -55,7 +109,7 @@ def test_two_stages_match_a_numpy_transcription():
         g = bilinear_numpy(g, *a.shape[-2:]) * a.sum(0) / a.max()
     g = bilinear_numpy(g, 13, 9)
     expected = normalize_numpy(g)
-    out = reference.extrapolate(heatmap, acts, output_size=(13, 9))
+    out = reference.extrapolate(heatmap, acts, output_size=(13, 9), **PAPER)
     np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=2e-6)
 
 
@@ -74,7 +128,7 @@ def test_paper_variant_on_batch_one_equals_per_sample():
     acts = random_stages(1, [(28, 28), (14, 14)])
     heatmap = torch.rand(1, 1, 7, 7)
     torch.testing.assert_close(
-        reference.extrapolate_paper(heatmap, acts), reference.extrapolate(heatmap, acts)
+        reference.extrapolate_paper(heatmap, acts), reference.extrapolate(heatmap, acts, **PAPER)
     )
 
 
@@ -87,7 +141,7 @@ def test_paper_variant_on_a_batch_is_batch_global_like_the_original():
     alone = reference.extrapolate_paper(heatmap[:1], [a[:1] for a in acts])
     # The original's map of image 0 depends on its batch-mate; gradex's per-sample one does not.
     assert (paper[0] - alone[0]).abs().max() > 0.05
-    per_sample = reference.extrapolate(heatmap, acts)
+    per_sample = reference.extrapolate(heatmap, acts, **PAPER)
     torch.testing.assert_close(per_sample[:1], alone)
 
 

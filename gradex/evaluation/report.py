@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .rows import ABLATIONS
 from .stats import paired_difference, summary
 
 METRICS = {  # key -> (column title, higher is better)
@@ -15,9 +16,18 @@ METRICS = {  # key -> (column title, higher is better)
     "grid_localisation": ("grid localisation", True),
     "deletion_auc": ("deletion AUC", False),
     "insertion_auc": ("insertion AUC", True),
+    "average_drop": ("Average Drop %", False),
+    "increase_in_confidence": ("Increase in Conf. %", True),
     "edge_correlation": ("r with edges", None),
     "cross_cell_correlation": ("r across cells", False),
 }
+PHOTO_METRICS = [m for m in METRICS if m not in ("energy_in_mask", "pointing_game")]
+CONSTANT = "GE on a constant map (control)"
+PAPER = "gradcam + GE, paper's formula"
+GLOBAL = "gradcam + GE, global stage weighting"
+
+
+# -- numbers ----------------------------------------------------------------------------------
 
 
 def _pooled(results: dict, row: str, metric: str) -> torch.Tensor:
@@ -25,54 +35,84 @@ def _pooled(results: dict, row: str, metric: str) -> torch.Tensor:
 
 
 def summaries(results: dict) -> dict:
+    """Testbed B: every row and metric, pooled over the seeds."""
     rows = results["seeds"][0]["rows"]
     return {row: {m: summary(_pooled(results, row, m)) for m in METRICS} for row in rows}
+
+
+def photo_summaries(photos: dict) -> dict:
+    return {
+        row: {m: summary(values[m]) for m in PHOTO_METRICS if m in values}
+        for row, values in photos["rows"].items()
+    }
 
 
 def _goal(text, value, met, detail=""):
     return {"goal": text, "measured": value, "met": bool(met), "detail": detail}
 
 
+def _interval(d: dict, digits: int = 3) -> str:
+    return f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+
+
+def _faithfulness_goals(name: str, ge: dict, coarse: dict) -> list[dict]:
+    out = []
+    if "deletion_auc" not in ge:
+        return out
+    deletion = paired_difference(ge["deletion_auc"], coarse["deletion_auc"])
+    out.append(
+        _goal(
+            f"{name}: deletion AUC not worse by more than 0.01",
+            _interval(deletion, 4),
+            deletion["mean"] <= 0.01,
+        )
+    )
+    insertion = paired_difference(ge["insertion_auc"], coarse["insertion_auc"])
+    out.append(
+        _goal(
+            f"{name}: insertion AUC not lower by more than 0.01",
+            _interval(insertion, 4),
+            insertion["mean"] >= -0.01,
+        )
+    )
+    return out
+
+
+def _grid_goal(name: str, ge: torch.Tensor, coarse: torch.Tensor) -> dict:
+    g, c = ge.double(), coarse.double()
+    return _goal(
+        f"{name}: grid localisation mean and median not below Grad-CAM's",
+        f"mean {g.mean():.3f} vs {c.mean():.3f}, median {g.median():.3f} vs {c.median():.3f}",
+        g.mean() >= c.mean() and g.median() >= c.median(),
+    )
+
+
+def _constant_goal(name: str, ge: torch.Tensor, constant: torch.Tensor) -> dict:
+    gap = paired_difference(ge, constant)
+    return _goal(
+        f"{name}: GE on a constant map clearly worse (grid localisation, Δ interval above 0.1)",
+        f"GE {ge.double().mean():.3f} vs constant {constant.double().mean():.3f} "
+        f"(Δ {_interval(gap)})",
+        gap["ci_low"] > 0.1,
+    )
+
+
 def goals(results: dict) -> list[dict]:
-    """The issue's goals for Grad-CAM, per seed (testbed B)."""
+    """The issue's goals for Grad-CAM: per seed on testbed B, and on testbed A."""
     out = []
     for seed in results["seeds"]:
-        rows, name = seed["rows"], f"seed {seed['seed']}"
+        rows, name = seed["rows"], f"B, seed {seed['seed']}"
         coarse, ge = rows["gradcam"], rows["gradcam + GE"]
         energy = paired_difference(ge["energy_in_mask"], coarse["energy_in_mask"])
         out.append(
             _goal(
                 f"{name}: energy in mask, GE − Grad-CAM ≥ +0.05, interval excludes 0",
-                f"{energy['mean']:+.3f} [{energy['ci_low']:+.3f}, {energy['ci_high']:+.3f}]",
+                _interval(energy),
                 energy["mean"] >= 0.05 and energy["ci_low"] > 0,
             )
         )
-        g, c = ge["grid_localisation"].double(), coarse["grid_localisation"].double()
-        out.append(
-            _goal(
-                f"{name}: grid localisation mean and median not below Grad-CAM's",
-                f"mean {g.mean():.3f} vs {c.mean():.3f}, median {g.median():.3f} vs "
-                f"{c.median():.3f}",
-                g.mean() >= c.mean() and g.median() >= c.median(),
-            )
-        )
-        deletion = paired_difference(ge["deletion_auc"], coarse["deletion_auc"])
-        out.append(
-            _goal(
-                f"{name}: deletion AUC not worse by more than 0.01",
-                f"{deletion['mean']:+.4f} [{deletion['ci_low']:+.4f}, {deletion['ci_high']:+.4f}]",
-                deletion["mean"] <= 0.01,
-            )
-        )
-        insertion = paired_difference(ge["insertion_auc"], coarse["insertion_auc"])
-        out.append(
-            _goal(
-                f"{name}: insertion AUC not lower by more than 0.01",
-                f"{insertion['mean']:+.4f} [{insertion['ci_low']:+.4f}, "
-                f"{insertion['ci_high']:+.4f}]",
-                insertion["mean"] >= -0.01,
-            )
-        )
+        out.append(_grid_goal(name, ge["grid_localisation"], coarse["grid_localisation"]))
+        out += _faithfulness_goals(name, ge, coarse)
         sanity = seed["sanity"]
         last_ge, last_coarse = sanity["gradcam + GE"][-1], sanity["gradcam"][-1]
         out.append(
@@ -83,39 +123,196 @@ def goals(results: dict) -> list[dict]:
                 last_ge["spearman"] <= last_coarse["spearman"] + 0.1,
             )
         )
-        constant = rows["GE on a constant map (control)"]["grid_localisation"].double()
-        gap = paired_difference(g, constant)
         out.append(
-            _goal(
-                f"{name}: GE on a constant map clearly worse (grid localisation)",
-                f"GE {g.mean():.3f} vs constant {constant.mean():.3f} "
-                f"(Δ {gap['mean']:+.3f} [{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}])",
-                gap["ci_low"] > 0.1,
+            _constant_goal(name, ge["grid_localisation"], rows[CONSTANT]["grid_localisation"])
+        )
+    photos = results.get("photos")
+    if photos:
+        rows = photos["rows"]
+        coarse, ge = rows["gradcam"], rows["gradcam + GE"]
+        out.append(_grid_goal("A (photos)", ge["grid_localisation"], coarse["grid_localisation"]))
+        out += _faithfulness_goals("A (photos)", ge, coarse)
+        out.append(
+            _constant_goal(
+                "A (photos)", ge["grid_localisation"], rows[CONSTANT]["grid_localisation"]
             )
         )
     return out
+
+
+def failing_cells(photos: dict) -> dict:
+    """Why cells fail: per photo, grid localisation of Grad-CAM and of GE with each weighting,
+    the share of cells below 0.5, and the cell's share of activation strength; and over all
+    cells, the correlation of that share with what GE changed."""
+    rows = photos["rows"]
+    share = photos["energy_share"].double()
+    coarse = rows["gradcam"]["grid_localisation"].double()
+    variants = {"GE (defaults)": "gradcam + GE", "GE, global weighting": GLOBAL, "GE, paper": PAPER}
+    per_photo = []
+    for index, name in enumerate(photos["names"]):
+        cells = photos["cell_photos"] == index
+        if not bool(cells.any()):
+            continue
+        entry = {
+            "photo": name,
+            "cells": int(cells.sum()),
+            "log_energy_share": float(share[cells].mean()),
+            "gradcam": float(coarse[cells].mean()),
+        }
+        for title, row in variants.items():
+            values = rows[row]["grid_localisation"].double()[cells]
+            entry[title] = float(values.mean())
+            entry[f"{title} < 0.5"] = float((values < 0.5).double().mean())
+        per_photo.append(entry)
+    correlation = {}
+    for title, row in variants.items():
+        change = rows[row]["grid_localisation"].double() - coarse
+        correlation[title] = float(torch.corrcoef(torch.stack([share, change]))[0, 1])
+    below = {
+        title: float((rows[row]["grid_localisation"] < 0.5).double().mean())
+        for title, row in {"Grad-CAM": "gradcam", **variants}.items()
+    }
+    return {"per_photo": per_photo, "correlation": correlation, "share_below_half": below}
+
+
+# -- markdown ---------------------------------------------------------------------------------
 
 
 def _cell(s: dict) -> str:
     return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
 
-def markdown(results: dict, table: dict, goal_rows: list[dict]) -> str:
+def _table(table: dict, metrics: list[str]) -> list[str]:
+    header = " | ".join(METRICS[m][0] for m in metrics)
+    lines = [f"| map | {header} |", "|" + " --- |" * (len(metrics) + 1)]
+    for row, cells in table.items():
+        values = []
+        for metric in metrics:
+            if metric not in cells:
+                values.append("–")
+                continue
+            s = cells[metric]
+            text = _cell(s)
+            if metric == "grid_localisation":
+                text += f"; median {s['median']:.3f}"
+            values.append(text)
+        lines.append(f"| {row} | " + " | ".join(values) + " |")
+    return lines
+
+
+def _paired_table(get, methods: list[str], metrics: list[str]) -> list[str]:
+    """GE minus the coarse map for each method, paired over the same images."""
+    lines = [
+        "| method | " + " | ".join(f"Δ {METRICS[m][0]}" for m in metrics) + " |",
+        "|" + " --- |" * (len(metrics) + 1),
+    ]
+    for method in methods:
+        cells = []
+        for metric in metrics:
+            ge, coarse = get(f"{method} + GE", metric), get(method, metric)
+            cells.append("–" if ge is None else _interval(paired_difference(ge, coarse)))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _headline(results: dict, table: dict, photo_table: dict | None) -> list[str]:
+    """The main table: each coarse method and its GE map on both testbeds, with the peer and
+    the control."""
+    names = []
+    for method in results["settings"]["methods"]:
+        names += [method, f"{method} + GE"]
+    names += [PAPER, next(r for r in table if r.startswith("LayerCAM fusion")), CONSTANT]
+    columns = [
+        ("B energy in mask", table, "energy_in_mask", False),
+        ("B grid loc. (median)", table, "grid_localisation", True),
+        ("B deletion / insertion", table, ("deletion_auc", "insertion_auc"), False),
+    ]
+    if photo_table:
+        columns += [
+            ("A grid loc. (median)", photo_table, "grid_localisation", True),
+            ("A deletion / insertion", photo_table, ("deletion_auc", "insertion_auc"), False),
+        ]
+    lines = [
+        "| map | " + " | ".join(title for title, *_ in columns) + " |",
+        "|" + " --- |" * (len(columns) + 1),
+    ]
+    for name in names:
+        cells = []
+        for _, source, metric, with_median in columns:
+            row = source.get(name, {})
+            if isinstance(metric, tuple):
+                parts = [row.get(m) for m in metric]
+                cells.append(
+                    "–" if None in parts else " / ".join(f"{p['mean']:.3f}" for p in parts)
+                )
+            elif metric not in row:
+                cells.append("–")
+            else:
+                s = row[metric]
+                cells.append(f"{s['mean']:.3f}" + (f" ({s['median']:.3f})" if with_median else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(
+    results: dict,
+    table: dict,
+    goal_rows: list[dict],
+    photo_table: dict | None,
+    failures: dict | None,
+) -> str:
     settings, machine = results["settings"], results["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    methods = settings["methods"]
     lines = [
-        "# gradex evaluation: Gradual Extrapolation on the synthetic testbed (B)",
+        "# gradex evaluation: does Gradual Extrapolation sharpen without lying?",
         "",
         f"- command: `{results.get('command', '')}`",
         f"- machine: {machine['cpu']}, {machine['threads']} threads; {versions}",
-        f"- per seed: {settings['images']} test images, {settings['grids']} 2×2 grids "
-        f"(4 cells each), deletion/insertion on {settings['faithfulness_images']} images "
-        f"(RISE: 224 steps, deletion baseline 0 = mean colour, insertion from a Gaussian blur "
-        f"k 11, σ 5), randomisation on {settings['sanity_images']}; seeds {settings['seeds']}",
-        "- values: mean [95 % bootstrap interval of the mean] over every image of every seed; "
-        "maps in [0, 1] at input resolution; targets: the true class",
+        f"- testbed B (synthetic shapes, exact masks), per seed: {settings['images']} test "
+        f"images, {settings['grids']} 2×2 grids (4 cells each), deletion/insertion on "
+        f"{settings['faithfulness_images']} images, randomisation on "
+        f"{settings['sanity_images']}; seeds {settings['seeds']}",
+        "- testbed A (the embedded EfficientNet-Lite0, photos shipped with scikit-image and "
+        f"matplotlib): {settings['photo_grids']} 2×2 grids of 224 px crops (448 px), up to "
+        f"{settings['photo_crops']} confident crops (top-1 ≥ 0.5) per photo; Average Drop and "
+        f"edges on {settings['photo_singles']} crops, deletion/insertion on "
+        f"{settings['photo_faithfulness']} crops, for the methods and the paper's formula only "
+        "(450 forward passes a crop)",
+        "- RISE: 224 steps, deletion baseline 0 (the mean colour), insertion from a Gaussian "
+        "blur (kernel 11, σ 5). Values: mean [95 % bootstrap interval of the mean]; maps in "
+        "[0, 1] at input resolution; targets: the true class (B) or the predicted class (A)",
+        "- GE: gradex's defaults (local stage weighting, min-max normalisation) unless the row "
+        "says otherwise; 'paper's formula' is the paper's computation, per image",
         "",
-        "## Does the model use the object? (occlusion check, per seed)",
+        "## Main table",
+        "",
+        *_headline(results, table, photo_table),
+        "",
+        "B: mean over every image of every seed; A: mean over grid cells / crops. Lower deletion, "
+        "higher insertion is better. Full tables with intervals follow.",
+        "",
+        "## Goals (Grad-CAM)",
+        "",
+        "| goal | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    for goal in goal_rows:
+        lines.append(
+            f"| {goal['goal']} | {goal['measured']} | {'yes' if goal['met'] else '**no**'} |"
+        )
+    equivalent = results.get("equivalences", {})
+    lines += [
+        "",
+        "HiResCAM and XGrad-CAM are not run by default: on a global-average-pool + linear head "
+        "(both testbeds' models) they are Grad-CAM's map; largest difference measured here, "
+        "relative to Grad-CAM's largest value: "
+        + ", ".join(f"{m} {v:.1e}" for m, v in equivalent.items())
+        + ".",
+        "",
+        "## Testbed B: synthetic shapes with exact masks",
+        "",
+        "### Does the model use the object? (occlusion check, per seed)",
         "",
         "| seed | accuracy | object removed | only the object | chance | passes |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -127,44 +324,24 @@ def markdown(results: dict, table: dict, goal_rows: list[dict]) -> str:
             f"{c['background_removed']:.3f} | {c['chance']:.2f} | "
             f"{'yes' if c['uses_the_object'] else '**no**'} |"
         )
-    header = " | ".join(title for title, _ in METRICS.values())
-    lines += ["", "## Main table", "", f"| map | {header} |", "|" + " --- |" * (len(METRICS) + 1)]
-    for row, cells in table.items():
-        values = []
-        for metric in METRICS:
-            s = cells[metric]
-            text = _cell(s)
-            if metric == "grid_localisation":
-                text += f"; median {s['median']:.3f}"
-            values.append(text)
-        lines.append(f"| {row} | " + " | ".join(values) + " |")
+    lines += ["", "### Every row", "", *_table(table, list(METRICS))]
     lines += [
         "",
-        "Higher is better for energy, pointing, grid localisation and insertion; lower for "
-        "deletion and for the correlation of the maps of two different cells' classes (class "
-        "sensitivity). 'r with edges' is the correlation with a Sobel edge map of the image.",
+        "Higher is better for energy, pointing, grid localisation, insertion and Increase in "
+        "Confidence; lower for deletion, Average Drop and the correlation of the maps of two "
+        "different cells' classes (class sensitivity). Average Drop / Increase are secondary: a "
+        "map of all ones scores best on them. 'r with edges' is the correlation with a Sobel "
+        "edge map of the image.",
         "",
-        "## GE minus the coarse map, paired over the same images",
+        "### GE minus the coarse map, paired over the same images",
         "",
-        "| method | Δ energy in mask | Δ grid localisation | Δ deletion AUC | Δ insertion AUC |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for method in results["settings"]["methods"]:
-        cells = []
-        for metric in ("energy_in_mask", "grid_localisation", "deletion_auc", "insertion_auc"):
-            d = paired_difference(
-                _pooled(results, f"{method} + GE", metric), _pooled(results, method, metric)
-            )
-            cells.append(f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "## Goals (Grad-CAM)", "", "| goal | measured | met |", "| --- | --- | --- |"]
-    for goal in goal_rows:
-        lines.append(
-            f"| {goal['goal']} | {goal['measured']} | {'yes' if goal['met'] else '**no**'} |"
-        )
-    lines += [
+        *_paired_table(
+            lambda row, metric: _pooled(results, row, metric),
+            methods,
+            ["energy_in_mask", "grid_localisation", "deletion_auc", "insertion_auc"],
+        ),
         "",
-        "## Sanity: cascading randomisation (Grad-CAM), mean Spearman / SSIM with the trained "
+        "### Sanity: cascading randomisation (Grad-CAM), mean Spearman / SSIM with the trained "
         "model's maps",
         "",
     ]
@@ -185,10 +362,35 @@ def markdown(results: dict, table: dict, goal_rows: list[dict]) -> str:
                 + " |"
             )
         lines.append("")
+    photos = results.get("photos")
+    if photos:
+        kept = ", ".join(
+            f"{name} {count}"
+            for name, count in zip(photos["names"], photos["crops_per_photo"], strict=True)
+        )
+        lines += [
+            "## Testbed A: EfficientNet-Lite0 on photo grids",
+            "",
+            f"Confident crops kept per photo: {kept}. Few distinct photos: corroboration, "
+            "reported per photo below.",
+            "",
+            *_table(photo_table, PHOTO_METRICS),
+            "",
+            "### GE minus the coarse map, paired over the same cells / crops",
+            "",
+            *_paired_table(
+                lambda row, metric: photos["rows"][row].get(metric),
+                methods,
+                ["grid_localisation", "deletion_auc", "insertion_auc"],
+            ),
+            "",
+        ]
+        lines += _failures_section(failures)
+    lines += _ablation_section(table, photo_table)
     cost = results["cost"]
     coarse, ge = cost["timing"]["coarse"], cost["timing"]["ge"]
     lines += [
-        "## Cost of GE (seed-0 model, batch "
+        "## Cost of GE (testbed B's CNN, batch "
         f"{cost['batch']}, {cost['cpu']}, p50 of interleaved calls)",
         "",
         "| | p50 ms | peak MiB |",
@@ -198,15 +400,141 @@ def markdown(results: dict, table: dict, goal_rows: list[dict]) -> str:
         f"| Grad-CAM + GE | {ge['p50_ms']:.2f} | {_mib(cost['peak_mib']['ge'])} |",
         f"| added by GE | {ge['p50_ms'] - coarse['p50_ms']:+.2f} | |",
         "",
-        "![examples](examples.png)",
+        "![examples, testbed B](examples.png)",
         "",
-        "![metrics](metrics.png)",
     ]
+    if photos:
+        lines += ["![examples, testbed A](examples_photos.png)", ""]
+    lines += ["![metrics](metrics.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _failures_section(failures: dict) -> list[str]:
+    below = failures["share_below_half"]
+    correlation = failures["correlation"]
+    lines = [
+        "### Where GE fails on photos, and why",
+        "",
+        "Share of grid cells whose class map puts less than half of its evidence in the cell: "
+        + ", ".join(f"{name} {value:.1%}" for name, value in below.items())
+        + ".",
+        "",
+        "| photo | cells | log share of activation strength | Grad-CAM | GE (defaults) | "
+        "GE, global weighting | GE, paper | cells < 0.5: defaults / global / paper |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in failures["per_photo"]:
+        lines.append(
+            f"| {p['photo']} | {p['cells']} | {p['log_energy_share']:.2f} | {p['gradcam']:.3f} | "
+            f"{p['GE (defaults)']:.3f} | {p['GE, global weighting']:.3f} | {p['GE, paper']:.3f} | "
+            f"{p['GE (defaults) < 0.5']:.0%} / {p['GE, global weighting < 0.5']:.0%} / "
+            f"{p['GE, paper < 0.5']:.0%} |"
+        )
+    lines += [
+        "",
+        "The 'log share of activation strength' of a cell is the mean over GE's stages of "
+        "log(the cell's mean channel sum / the four cells' total); log ¼ = −1.39 is an even "
+        "share, and GE's product over five stages compounds the difference five times. "
+        "Correlation "
+        "over cells between that share and GE's change of grid localisation (GE − Grad-CAM): "
+        + ", ".join(f"{name} r = {value:+.2f}" for name, value in correlation.items())
+        + ".",
+        "",
+        "**Cause.** GE multiplies the map by each stage's channel sum. With the paper's global "
+        "weighting that sum's magnitude counts everywhere: over five stages the product of the "
+        "strengths differs between photos by orders of magnitude, so the part of a class map "
+        "that Grad-CAM's upsampling spread into a neighbouring, more strongly firing photo is "
+        "amplified there, and a dim photo's cell (a dark, smooth crop) loses its evidence to "
+        "its neighbours. That is a property of the images, not of the class. **Fix (the "
+        "default now):** 'local' stage weighting divides each stage's channel sum by its mean "
+        "over windows of 2×2 coarse-map cells (the support of the bilinear kernel that spread "
+        "the coarse values), so GE reshapes the map inside the neighbourhood the CAM points "
+        "at and no longer moves evidence towards distant strong regions.",
+        "",
+    ]
+    return lines
+
+
+def _ablation_section(table: dict, photo_table: dict | None) -> list[str]:
+    rows = ["gradcam", "gradcam + GE", *ABLATIONS]
+    if photo_table:
+        rows += [r for r in photo_table if "block outputs" in r]
+    lines = [
+        "## Choosing GE's defaults (Grad-CAM)",
+        "",
+        "Each row undoes one default (global stage weighting: the paper's; standardise-and-clip: "
+        "the paper's normalisation); 'block outputs' reads the blocks' linear-bottleneck outputs "
+        "(made non-negative by 'relu' or 'abs') instead of the default post-ReLU6 maps "
+        "(testbed A only: the synthetic CNN has only post-ReLU maps).",
+        "",
+        "| GE variant | B energy in mask | B grid loc. mean (median) | A grid loc. mean (median) "
+        "| A cells < 0.5 | A deletion / insertion |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        b = table.get(row)
+        a = (photo_table or {}).get(row)
+        energy = f"{b['energy_in_mask']['mean']:.3f}" if b else "–"
+        grid_b = (
+            f"{b['grid_localisation']['mean']:.3f} ({b['grid_localisation']['median']:.3f})"
+            if b
+            else "–"
+        )
+        grid_a = (
+            f"{a['grid_localisation']['mean']:.3f} ({a['grid_localisation']['median']:.3f})"
+            if a
+            else "–"
+        )
+        below = f"{a['below_half']:.1%}" if a and "below_half" in a else "–"
+        faithful = (
+            f"{a['deletion_auc']['mean']:.3f} / {a['insertion_auc']['mean']:.3f}"
+            if a and "deletion_auc" in a
+            else "–"
+        )
+        lines.append(f"| {row} | {energy} | {grid_b} | {grid_a} | {below} | {faithful} |")
+    lines += [
+        "",
+        "Dividing each stage by its per-image maximum M (the paper's step) changes nothing per "
+        "image: M is one number per image and stage, and any normalisation of the final map "
+        "removes it. It matters only in the paper's batch-global form "
+        "(`gradex.reference.extrapolate_paper`), where it makes one image's map depend on its "
+        "batch-mates.",
+        "",
+    ]
+    return lines
 
 
 def _mib(value) -> str:
     return "–" if value is None else f"{value:.1f}"
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def _panels(images, overlays, names, display, path: Path, contours=None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = images.shape[0]
+    figure, axes = plt.subplots(
+        count, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.7 * count), squeeze=False
+    )
+    for i in range(count):
+        axes[i, 0].imshow(display(images[i]).permute(1, 2, 0).numpy())
+        if contours is not None:
+            axes[i, 0].contour(contours[i].float().numpy(), levels=[0.5], colors="yellow")
+        for j, name in enumerate(names):
+            axes[i, j + 1].imshow(overlays[name][i, 0].cpu().numpy(), cmap="jet", vmin=0, vmax=1)
+            if i == 0:
+                axes[i, j + 1].set_title(name, fontsize=7)
+        for ax in axes[i]:
+            ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
 
 
 def _figures(results: dict, table: dict, out: Path) -> list[Path]:
@@ -216,60 +544,75 @@ def _figures(results: dict, table: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     examples = results["seeds"][0]["examples"]
-    names = list(examples["maps"])
-    count = examples["images"].shape[0]
-    figure, axes = plt.subplots(
-        count, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.7 * count)
-    )
-    for i in range(count):
-        image = (examples["images"][i] * 0.25 + 0.5).clamp(0, 1).permute(1, 2, 0)
-        axes[i, 0].imshow(image.numpy())
-        axes[i, 0].contour(examples["masks"][i].float().numpy(), levels=[0.5], colors="yellow")
-        for j, name in enumerate(names):
-            shown = examples["maps"][name][i, 0].cpu().numpy()
-            axes[i, j + 1].imshow(shown, cmap="jet", vmin=0, vmax=1)
-            if i == 0:
-                axes[i, j + 1].set_title(name, fontsize=7)
-        for ax in axes[i]:
-            ax.axis("off")
-    figure.tight_layout()
-    examples_path = out / "examples.png"
-    figure.savefig(examples_path, dpi=90)
-    plt.close(figure)
+    paths = [
+        _panels(
+            examples["images"],
+            examples["maps"],
+            list(examples["maps"]),
+            lambda x: (x * 0.25 + 0.5).clamp(0, 1),
+            out / "examples.png",
+            examples["masks"],
+        )
+    ]
+    photos = results.get("photos")
+    if photos:
+        shown = photos["examples"]
+        paths.append(
+            _panels(
+                shown["images"],
+                shown["maps"],
+                list(shown["maps"]),
+                lambda x: (x * 128 / 255 + 127 / 255).clamp(0, 1),
+                out / "examples_photos.png",
+            )
+        )
 
-    shown = ["energy_in_mask", "grid_localisation", "insertion_auc", "deletion_auc"]
-    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 0.35 * len(table) + 1.2))
+    shown_metrics = ["energy_in_mask", "grid_localisation", "insertion_auc", "deletion_auc"]
+    figure, axes = plt.subplots(
+        1, len(shown_metrics), figsize=(4 * len(shown_metrics), 0.35 * len(table) + 1.2)
+    )
     labels = list(table)
-    for ax, metric in zip(axes, shown, strict=True):
+    for ax, metric in zip(axes, shown_metrics, strict=True):
         means = [table[row][metric]["mean"] for row in labels]
         low = [table[row][metric]["mean"] - table[row][metric]["ci_low"] for row in labels]
         high = [table[row][metric]["ci_high"] - table[row][metric]["mean"] for row in labels]
         colours = ["#1f77b4" if "GE" in row else "#7f7f7f" for row in labels]
         ax.barh(labels[::-1], means[::-1], xerr=[low[::-1], high[::-1]], color=colours[::-1])
-        ax.set_title(METRICS[metric][0], fontsize=9)
+        ax.set_title(f"B: {METRICS[metric][0]}", fontsize=9)
         ax.tick_params(labelsize=7)
     figure.tight_layout()
     metrics_path = out / "metrics.png"
     figure.savefig(metrics_path, dpi=90)
     plt.close(figure)
-    return [examples_path, metrics_path]
+    return [*paths, metrics_path]
 
 
 def write(results: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     table = summaries(results)
     goal_rows = goals(results)
+    photos = results.get("photos")
+    photo_table = photo_summaries(photos) if photos else None
+    failures = failing_cells(photos) if photos else None
+    if photos:
+        for row, values in photos["rows"].items():
+            photo_table[row]["below_half"] = float(
+                (values["grid_localisation"] < 0.5).double().mean()
+            )
     record = {
         "command": results.get("command"),
         "settings": results["settings"],
         "machine": results["machine"],
         "occlusion_checks": {s["seed"]: s["occlusion_check"] for s in results["seeds"]},
         "summaries": table,
+        "photo_summaries": photo_table,
+        "failing_cells": failures,
         "goals": goal_rows,
         "sanity": {s["seed"]: s["sanity"] for s in results["seeds"]},
+        "equivalences": results.get("equivalences"),
         "cost": results["cost"],
     }
     paths = [out / "evaluation.json", out / "README.md"]
     paths[0].write_text(json.dumps(record, indent=2) + "\n")
-    paths[1].write_text(markdown(results, table, goal_rows))
+    paths[1].write_text(markdown(results, table, goal_rows, photo_table, failures))
     return paths + _figures(results, table, out)

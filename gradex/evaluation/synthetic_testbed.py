@@ -10,92 +10,28 @@ report can give means, medians and paired intervals.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from .. import metrics
-from ..cams import METHODS
 from ..explainer import Explainer
-from ..ops import extrapolate
 from ..synthetic import load_model, make_grids, make_images
 from ..synthetic.occlusion import occlusion_check
-from .baselines import layercam_fusion
+from .rows import COARSE_METHODS, Row, rows
 
 # Generator seeds of the evaluation data: disjoint from the training and validation seeds.
 IMAGES_SEED, GRIDS_SEED = 30_000, 40_000
 
-# The synthetic CNN's stage outputs: what GE carries the map through, and what the LayerCAM
-# fusion baseline fuses.
+# The synthetic CNN's stage outputs: what GE carries the map through (their final ReLUs), and
+# what the LayerCAM fusion baseline fuses.
 FUSION_LAYERS = ("stages.0", "stages.1", "stages.2", "stages.3")
 # Randomised cumulatively from the logits down, one stage at a time.
 SANITY_LAYERS = ("fc", "stages.3", "stages.2", "stages.1", "stages.0")
 
 EXAMPLES = 4  # images shown with each method's maps in the report
 
-MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    method: str  # the CAM method, or the control's name
-    gradual: bool
-    make: MapFn  # (model, images, targets) -> (B,1,H,W) maps in [0, 1]
-
-
-def _cam_row(method: str, gradual: bool) -> Row:
-    def make(model, images, targets):
-        return Explainer(model, method=method, gradual=gradual)(images, target=targets).saliency
-
-    return Row(f"{method}{' + GE' if gradual else ''}", method, gradual, make)
-
-
-def _ge_on_constant(model, images, targets):
-    """The control: GE carrying a constant coarse map, i.e. what the activations alone give."""
-    explainer = Explainer(model)
-    captured = explainer.capture(images)
-    coarse = captured.activations[-1]
-    constant = torch.ones(images.shape[0], 1, *coarse.shape[-2:], device=images.device)
-    return extrapolate(constant, captured.activations, output_size=images.shape[-2:])
-
-
-def _layercam_fusion(model, images, targets):
-    """LayerCAM fused over the stages GE reads (the synthetic CNN's four stage outputs)."""
-    return layercam_fusion(model, FUSION_LAYERS, images, targets)
-
-
-def _random_map(model, images, targets):
-    """Uniform noise, one fixed draw per batch shape (the same for every target: its maps of two
-    grid cells correlate perfectly, which says nothing about class sensitivity)."""
-    generator = torch.Generator().manual_seed(int(images.shape[-1]) * 7919 + images.shape[0])
-    return torch.rand(images.shape[0], 1, *images.shape[-2:], generator=generator)
-
-
-def _centred_gaussian(model, images, targets):
-    height, width = images.shape[-2:]
-    ys = torch.arange(height).view(-1, 1) + 0.5 - height / 2
-    xs = torch.arange(width).view(1, -1) + 0.5 - width / 2
-    sigma = min(height, width) / 4
-    gaussian = torch.exp(-(ys**2 + xs**2) / (2 * sigma**2))
-    return gaussian.expand(images.shape[0], 1, height, width).clone()
-
-
-def rows(methods=tuple(METHODS)) -> list[Row]:
-    out = []
-    for method in methods:
-        out += [_cam_row(method, False), _cam_row(method, True)]
-    out += [
-        Row("LayerCAM fusion, 4 layers (peer)", "layercam fusion", False, _layercam_fusion),
-        Row("GE on a constant map (control)", "constant", True, _ge_on_constant),
-        Row("random map (baseline)", "random", False, _random_map),
-        Row("centred Gaussian (baseline)", "gaussian", False, _centred_gaussian),
-    ]
-    return out
-
-
-def _grid_maps(row: Row, model, grids) -> list[torch.Tensor]:
+def grid_maps(row: Row, model, grids) -> list[torch.Tensor]:
     """Maps of each cell's class on the grids: a list of 4 (N,1,2S,2S) tensors."""
     return [row.make(model, grids.images, grids.labels[:, cell]) for cell in range(4)]
 
@@ -106,7 +42,7 @@ def evaluate_seed(
     grids: int,
     faithfulness_images: int,
     sanity_images: int,
-    methods=tuple(METHODS),
+    methods=COARSE_METHODS,
     progress: Callable[[str], None] = print,
 ) -> dict:
     """Per-image metrics of every row for the CNN trained with ``seed``."""
@@ -124,12 +60,12 @@ def evaluate_seed(
         "labels": data.labels[:EXAMPLES],
         "maps": {},
     }
-    for row in rows(methods):
+    for row in rows(methods, FUSION_LAYERS):
         progress(f"seed {seed}: {row.name}")
         maps = row.make(model, data.images, data.labels)
-        if row.method in methods:  # the CAM rows, with and without GE: the report's panels
+        if row.kind == "method":  # the coarse methods, with and without GE: the report's panels
             examples["maps"][row.name] = maps[:EXAMPLES]
-        cell_maps = _grid_maps(row, model, grid_data)
+        cell_maps = grid_maps(row, model, grid_data)
         grid_scores = torch.cat(
             [
                 metrics.grid_localisation(cell_maps[cell], torch.full((grids,), cell))
@@ -142,6 +78,7 @@ def evaluate_seed(
         insertion, _ = metrics.deletion_insertion(
             model, data.images[subset], maps[subset], data.labels[subset], "insertion", step
         )
+        drop, increase = metrics.average_drop_increase(model, data.images, maps, data.labels)
         result["rows"][row.name] = {
             "energy_in_mask": metrics.energy_in_mask(maps, data.masks),
             "pointing_game": metrics.pointing_game(maps, data.masks).float(),
@@ -150,6 +87,8 @@ def evaluate_seed(
             "insertion_auc": insertion,
             "edge_correlation": metrics.pearson(maps, edges),
             "cross_cell_correlation": metrics.pearson(cell_maps[0], cell_maps[1]),
+            "average_drop": 100 * drop,
+            "increase_in_confidence": 100 * increase.float(),
         }
     result["sanity"] = _sanity(model, data.images[:sanity_images], data.labels[:sanity_images])
     result["examples"] = examples
