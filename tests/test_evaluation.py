@@ -70,7 +70,8 @@ def test_quick_evaluation_writes_the_report(tmp_path, capsys):
         "GE, global weighting",
         "GE, paper",
     }
-    assert record["equivalences"]["hirescam"] < 1e-5 and record["equivalences"]["xgradcam"] < 1e-5
+    assert len(record["equivalences"]) == 3
+    assert all(value < 1e-5 for value in record["equivalences"].values())
     text = (tmp_path / "README.md").read_text()
     for heading in (
         "## Main table",

@@ -38,7 +38,7 @@ FULL = {
     "sanity_images": 16,
     "photo_grids": 24,
     "photo_crops": 16,
-    "photo_faithfulness": 3,
+    "photo_faithfulness": 5,
     "photo_singles": 48,
 }
 QUICK = {
@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-photos", action="store_true", help="skip testbed A")
     parser.add_argument("--out", type=Path, default=Path("gradex_evaluation"))
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        help="also save every per-image value (torch.save), to re-render the report from: "
+        "gradex.evaluation.report.write(torch.load(RAW, weights_only=False), OUT)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -159,17 +165,22 @@ def run(settings: dict, progress=print) -> dict:
 
 
 def equivalences(seed: int) -> dict:
-    """Largest difference between the coarse maps of HiResCAM / XGrad-CAM and Grad-CAM on the
-    synthetic CNN, relative to Grad-CAM's largest value: the CNN has a global-average-pool +
-    linear head (as EfficientNet-Lite0 has), where the three are the same map."""
+    """Largest difference between coarse maps that a global-average-pool + linear head (the
+    synthetic CNN's, as EfficientNet-Lite0's) makes the same, each scaled to a maximum of 1:
+    HiResCAM and XGrad-CAM against Grad-CAM (the gradient is the same at every position), and
+    excitation backprop against LayerCAM (both weigh each channel by its positive classifier
+    weight; excitation divides by one number per image)."""
     model = load_model(seed)
     x = make_images(16, 50_000).images
-    gradcam = Explainer(model, gradual=False)(x).cam
-    scale = float(gradcam.abs().max())
+
+    def coarse(method):
+        cam = Explainer(model, method, gradual=False)(x).cam
+        return cam / cam.amax(dim=(1, 2, 3), keepdim=True)
+
+    pairs = {"hirescam": "gradcam", "xgradcam": "gradcam", "excitation": "layercam"}
     return {
-        method: float((Explainer(model, method, gradual=False)(x).cam - gradcam).abs().max())
-        / scale
-        for method in ("hirescam", "xgradcam")
+        f"{method} vs {other}": float((coarse(method) - coarse(other)).abs().max())
+        for method, other in pairs.items()
     }
 
 
@@ -178,6 +189,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     results = run(settings)
     results["command"] = command
+    if args.raw is not None:
+        torch.save(results, args.raw)
     paths = report.write(results, args.out)
     print(f"gradex evaluate: wrote {', '.join(str(p) for p in paths)}")
     return 0

@@ -48,6 +48,15 @@ def _stage_rows():
     ]
 
 
+def crops_in_photo_order(crops) -> torch.Tensor:
+    """Indices of the crops, every photo's first crop first, then every photo's second, ...:
+    the first few cover several photos."""
+    photos = crops.photos.tolist()
+    first = {photo: i for i, photo in reversed(list(enumerate(photos)))}
+    rank_in_photo = torch.tensor([i - first[photo] for i, photo in enumerate(photos)])
+    return torch.argsort(rank_in_photo, stable=True)
+
+
 def energy_share(model, grids: torch.Tensor) -> torch.Tensor:
     """(N,4) log of each cell's share of the activation strength, averaged over the GE stages
     (log ¼ = −1.39 is an even share; GE's product over five stages compounds five times it)."""
@@ -80,11 +89,7 @@ def evaluate_photos(
     model = load_lite0()
     crops = make_crops(model, crops_per_photo, CROPS_SEED)
     grid_data = make_grids(crops, grids, GRIDS_SEED)
-    # Every photo's crops in turn, so that the first few cover several photos.
-    photos = crops.photos.tolist()
-    first = {photo: i for i, photo in reversed(list(enumerate(photos)))}
-    rank_in_photo = torch.tensor([i - first[photo] for i, photo in enumerate(photos)])
-    order = torch.argsort(rank_in_photo, stable=True)
+    order = crops_in_photo_order(crops)
     # Crops for Average Drop / Increase and the edge correlation, the first ones for RISE.
     singles, single_labels = crops.images[order[:single_crops]], crops.labels[order[:single_crops]]
     step = crops.images.shape[-1]  # 224 steps at 224²

@@ -301,14 +301,18 @@ def markdown(
         lines.append(
             f"| {goal['goal']} | {goal['measured']} | {'yes' if goal['met'] else '**no**'} |"
         )
+    lines += _misses(results, table, goal_rows)
     equivalent = results.get("equivalences", {})
     lines += [
         "",
-        "HiResCAM and XGrad-CAM are not run by default: on a global-average-pool + linear head "
-        "(both testbeds' models) they are Grad-CAM's map; largest difference measured here, "
-        "relative to Grad-CAM's largest value: "
-        + ", ".join(f"{m} {v:.1e}" for m, v in equivalent.items())
-        + ".",
+        "A global-average-pool + linear head (both testbeds' models) makes some methods the "
+        "same map: HiResCAM and XGrad-CAM are Grad-CAM's (the gradient is the same at every "
+        "position; they are not run by default), and excitation backprop at the last feature "
+        "map is LayerCAM's up to one number per image (both weigh each channel by its positive "
+        "classifier weight), so their rows are equal. Largest difference measured, maps scaled "
+        "to a maximum of 1: "
+        + ", ".join(f"{pair} {value:.1e}" for pair, value in equivalent.items())
+        + ". Contrastive excitation differs: it subtracts the negated class's map.",
         "",
         "## Testbed B: synthetic shapes with exact masks",
         "",
@@ -407,6 +411,49 @@ def markdown(
         lines += ["![examples, testbed A](examples_photos.png)", ""]
     lines += ["![metrics](metrics.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _misses(results: dict, table: dict, goal_rows: list[dict]) -> list[str]:
+    """Why each kind of missed goal was missed, with the numbers that show it."""
+    missed = [g["goal"] for g in goal_rows if not g["met"]]
+    lines = []
+    if any("randomisation" in goal for goal in missed):
+        ge, coarse = [], []
+        for seed in results["seeds"]:
+            ge.append(seed["sanity"]["gradcam + GE"][-1]["spearman"])
+            coarse.append(seed["sanity"]["gradcam"][-1]["spearman"])
+        energy = table["gradcam + GE"]["energy_in_mask"]["mean"]
+        constant = table[CONSTANT]
+        constant_energy = constant["energy_in_mask"]["mean"]
+        lines += [
+            "",
+            f"**Missed: the sanity check.** With every layer re-initialised, GE maps keep a "
+            f"Spearman correlation of {min(ge):.2f}–{max(ge):.2f} with the trained model's maps, "
+            f"against {min(coarse):.2f}–{max(coarse):.2f} for Grad-CAM. GE multiplies by the "
+            "activations, and a random CNN's activations still outline the object: part of a "
+            "GE map is the image's structure, not the model's decision. The constant-map "
+            f"control shows it on single images (energy in mask {constant_energy:.3f} against "
+            f"{energy:.3f} for GE on Grad-CAM). The class comes from the coarse map: "
+            f"on grids GE on a constant map is at chance "
+            f"({constant['grid_localisation']['mean']:.3f}), GE on Grad-CAM at "
+            f"{table['gradcam + GE']['grid_localisation']['mean']:.3f}.",
+        ]
+    if any(goal.startswith("A (photos): insertion") for goal in missed):
+        rows = results["photos"]["rows"]
+        n = rows["gradcam"]["insertion_auc"].numel()
+        deletion = paired_difference(
+            rows["gradcam + GE"]["deletion_auc"], rows["gradcam"]["deletion_auc"]
+        )
+        lines += [
+            "",
+            f"**Missed on the photos: insertion** (over {n} crops only; deletion improved, "
+            f"{_interval(deletion)}). GE ranks a few hot spots first and the rest of the crop by "
+            "fine texture, while insertion from a blurred image rewards revealing whole regions "
+            "early; the paper's formula loses insertion here too. "
+            "`python bench/insertion_blur_check.py` measures how much of the gap is the "
+            "sharpness of the reveal order alone (the main README quotes it).",
+        ]
+    return lines
 
 
 def _failures_section(failures: dict) -> list[str]:
