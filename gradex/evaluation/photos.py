@@ -78,24 +78,27 @@ def make_crops(model: nn.Module, per_photo: int, seed: int, batch: int = 32) -> 
         raise FileNotFoundError(
             "no sample photos found: testbed A needs scikit-image (pip install 'gradex[demo]')"
         )
-    torch.manual_seed(seed)  # torchvision's random transforms draw from the global generator
-    crop = T.Compose(
-        [
-            T.RandomResizedCrop(CELL, scale=(0.25, 1.0), antialias=True),
-            T.RandomHorizontalFlip(),
-        ]
-    )
     images, labels, photos, probability = [], [], [], []
-    for index, path in enumerate(paths):
-        rgb = TF.to_dtype(TF.to_image(load_rgb(path)), torch.float32, scale=True)
-        candidates = _normalise(torch.stack([crop(rgb) for _ in range(2 * per_photo)]))
-        probs = torch.cat([model(part).softmax(dim=1) for part in candidates.split(batch)])
-        top, cls = probs.max(dim=1)
-        keep = (top >= CONFIDENT).nonzero().flatten()[:per_photo]
-        images.append(candidates[keep])
-        labels.append(cls[keep])
-        photos.append(torch.full((len(keep),), index))
-        probability.append(top[keep])
+    # torchvision's random transforms draw from the global generator: seed a forked copy of it,
+    # so that the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        crop = T.Compose(
+            [
+                T.RandomResizedCrop(CELL, scale=(0.25, 1.0), antialias=True),
+                T.RandomHorizontalFlip(),
+            ]
+        )
+        for index, path in enumerate(paths):
+            rgb = TF.to_dtype(TF.to_image(load_rgb(path)), torch.float32, scale=True)
+            candidates = _normalise(torch.stack([crop(rgb) for _ in range(2 * per_photo)]))
+            probs = torch.cat([model(part).softmax(dim=1) for part in candidates.split(batch)])
+            top, cls = probs.max(dim=1)
+            keep = (top >= CONFIDENT).nonzero().flatten()[:per_photo]
+            images.append(candidates[keep])
+            labels.append(cls[keep])
+            photos.append(torch.full((len(keep),), index))
+            probability.append(top[keep])
     return Crops(
         torch.cat(images),
         torch.cat(labels),
