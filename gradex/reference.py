@@ -21,8 +21,8 @@ That is the paper's formula (per sample), kept as ``stage_weighting='global'`` w
   bright one (grid cells of a dark photo beside a textured one lost up to half their evidence).
 - ``normalize='minmax'``: (g - min) / (max - min). The paper's standardise-and-clip saturates
   everything above one standard deviation and lifts a sparse map's background well above zero
-  (a pixel at 0 lands at (1 - mean/std) / 2); it lowered the localisation scores of both the
-  coarse maps and GE on both testbeds.
+  (a pixel at 0 lands at (1 - mean/std) / 2); it lowered GE's localisation scores on both
+  testbeds.
 
 It is split into the three primitives a fused backend replaces (``reduce_stage``,
 ``upsample_multiply``, ``normalize_maps``) and the short ``chain`` that strings them together;
