@@ -56,10 +56,10 @@ _PASS_THROUGH = (
 def _positive_forward(module: nn.Module, x: torch.Tensor, negate: bool) -> torch.Tensor:
     """The layer's output for ``x`` with its weights W₊ (or (-W)₊) and no bias."""
     if isinstance(module, _WEIGHTED):
-        weight = -module.weight if negate else module.weight
+        weight = (-module.weight if negate else module.weight).float()
         parameters = {"weight": weight.clamp_min(0)}
         if module.bias is not None:
-            parameters["bias"] = torch.zeros_like(module.bias)
+            parameters["bias"] = torch.zeros_like(module.bias, dtype=torch.float32)
         return functional_call(module, parameters, (x,))
     return module(x)
 
@@ -86,13 +86,15 @@ class _ExcitationRule(torch.autograd.Function):
         negate = state.negated is ctx.module
         state.in_backward = True  # the layer is run again below: its hook must stay out
         try:
-            with torch.enable_grad():
-                leaf = x.detach().requires_grad_(True)
+            # In float32, whatever autocast ran the forward in (the weights are float32 here,
+            # and the backward runs outside the autocast region).
+            with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+                leaf = x.detach().float().requires_grad_(True)
                 excitation = _positive_forward(ctx.module, leaf, negate)
-                (carried,) = torch.autograd.grad(excitation, leaf, _share(excitation, mass))
+                (carried,) = torch.autograd.grad(excitation, leaf, _share(excitation, mass.float()))
         finally:
             state.in_backward = False
-        return x * carried, None, None, None
+        return (leaf.detach() * carried).to(x.dtype), None, None, None
 
 
 class _PassMass(torch.autograd.Function):

@@ -136,6 +136,20 @@ def test_a_callable_target_is_refused(synthetic):
         gradex.Explainer(model, method="excitation")(data.images, target=lambda z: z[:, 0])
 
 
+def test_mixed_precision_forward_keeps_the_rule_in_float32(synthetic):
+    model, data = synthetic
+    for method in ("excitation", "contrastive excitation"):
+        fp32 = gradex.Explainer(model, method=method)(data.images, target=data.labels)
+        bf16 = gradex.Explainer(model, method=method, amp_dtype=torch.bfloat16)(
+            data.images, target=data.labels
+        )
+        assert bf16.cam.dtype == torch.float32
+        if method == "excitation":  # the mass is still conserved
+            torch.testing.assert_close(bf16.cam.sum((1, 2, 3)), torch.ones(6), rtol=1e-3, atol=0)
+        # bf16 activations: the same map up to bf16 rounding
+        assert (bf16.cam - fp32.cam).abs().max() < 0.05 * fp32.cam.max()
+
+
 def test_static_explainer_equals_eager(synthetic):
     model, data = synthetic
     for method in ("excitation", "contrastive excitation"):
