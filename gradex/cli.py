@@ -17,6 +17,7 @@ from .cams import METHODS
 from .explainer import Explainer
 from .images import ImageError, demo_photos, expand_inputs, load_rgb
 from .models import EMBEDDED_MODEL, load_model
+from .reference import PAPER_FORMULA
 
 METHOD_TITLES = {
     "gradcam": "Grad-CAM",
@@ -29,8 +30,6 @@ METHOD_TITLES = {
 }
 # Command-line spellings of the methods (no spaces).
 METHOD_CHOICES = [*METHODS, "excitation", "contrastive-excitation"]
-# GE exactly as the paper computes it (per sample), instead of gradex's defaults.
-PAPER_GE = {"stage_weighting": "global", "normalize": "standardize"}
 _PROGRESS_FROM = 4  # images; fewer finish before a progress bar would say anything useful
 
 
@@ -138,7 +137,7 @@ def explain_command(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, args.weights)
     model = bundle.model.to(device)
     load_seconds = time.perf_counter() - started
-    options = PAPER_GE if args.paper else {}
+    options = PAPER_FORMULA if args.paper else {}
     explainer = Explainer(model, method=args.method, gradual=not args.no_gradual, **options)
     method_title = METHOD_TITLES[explainer.method_name]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,9 @@ from ._validation import (
 
 Stage = tuple[torch.Tensor, torch.Tensor]  # (S: (B,1,H,W) float32, M: (B,) float32)
 
+# The options of ``extrapolate`` (and the Explainer) that compute GE as the paper does, per image.
+PAPER_FORMULA = {"stage_weighting": "global", "normalize": "standardize"}
+
 # Coarse-map cells per side of the windows that 'local' stage weighting balances S over: the
 # support of the bilinear kernel that spread each coarse value.
 LOCAL_WINDOW = 2

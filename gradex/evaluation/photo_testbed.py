@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .. import metrics
 from ..explainer import Explainer
 from ..models import load_lite0
 from .photos import make_crops, make_grids
-from .rows import COARSE_METHODS, cam_row, rows
-from .synthetic_testbed import grid_maps
+from .rows import COARSE_METHODS, cam_row, grid_maps, grid_scores, rows
 
 CROPS_SEED, GRIDS_SEED = 60_000, 70_000
 # The last block at each resolution (448 px grids: 224, 112, 56, 28, 14).
@@ -63,17 +63,9 @@ def energy_share(model, grids: torch.Tensor) -> torch.Tensor:
     captured = Explainer(model).capture(grids)
     total = torch.zeros(grids.shape[0], 4)
     for activation in captured.activations:
-        strength = activation.sum(dim=1)
-        half_h, half_w = strength.shape[-2] // 2, strength.shape[-1] // 2
-        cells = torch.stack(
-            [
-                strength[:, :half_h, :half_w].mean((1, 2)),
-                strength[:, :half_h, half_w:].mean((1, 2)),
-                strength[:, half_h:, :half_w].mean((1, 2)),
-                strength[:, half_h:, half_w:].mean((1, 2)),
-            ],
-            dim=1,
-        ).clamp_min(1e-30)
+        # Mean channel sum of each cell, row-major as the grid's cells.
+        strength = F.adaptive_avg_pool2d(activation.sum(dim=1, keepdim=True), 2).flatten(1)
+        cells = strength.clamp_min(1e-30)
         total += (cells / cells.sum(dim=1, keepdim=True)).log()
     return total / len(captured.activations)
 
@@ -107,17 +99,10 @@ def evaluate_photos(
         cell_maps = grid_maps(row, model, grid_data)
         if row.kind == "method":
             result["examples"]["maps"][row.name] = cell_maps[0][:EXAMPLES]
-        grid_scores = torch.cat(
-            [
-                metrics.grid_localisation(cell_maps[cell], torch.full((grids,), cell))
-                for cell in range(4)
-            ]
-        )
         maps = row.make(model, singles, single_labels)
         drop, increase = metrics.average_drop_increase(model, singles, maps, single_labels)
         scores = {
-            "grid_localisation": grid_scores,
-            "cross_cell_correlation": metrics.pearson(cell_maps[0], cell_maps[1]),
+            **grid_scores(cell_maps),
             "edge_correlation": metrics.pearson(maps, edges),
             "average_drop": 100 * drop,
             "increase_in_confidence": 100 * increase.float(),

@@ -13,19 +13,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import metrics
 from ..cams import METHODS as GRADIENT_METHODS
 from ..excitation import METHODS as EXCITATION_METHODS
 from ..explainer import Explainer
 from ..ops import extrapolate
+from ..reference import PAPER_FORMULA
 from .baselines import layercam_fusion
 
 COARSE_METHODS = (*GRADIENT_METHODS, *EXCITATION_METHODS)
-PAPER_GE = {"stage_weighting": "global", "normalize": "standardize"}
 # GE's defaults, one at a time undone (item 6 of the evaluation issue), for Grad-CAM.
 ABLATIONS = {
     "gradcam + GE, global stage weighting": {"stage_weighting": "global"},
     "gradcam + GE, standardise-and-clip": {"normalize": "standardize"},
-    "gradcam + GE, paper's formula": PAPER_GE,
+    "gradcam + GE, paper's formula": PAPER_FORMULA,
 }
 
 MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,6 +48,26 @@ def cam_row(method: str, gradual: bool, name: str | None = None, kind="method", 
 
     default = f"{method}{' + GE' if gradual else ''}"
     return Row(name or default, method, gradual, make, kind)
+
+
+def grid_maps(row: Row, model, grids) -> list[torch.Tensor]:
+    """Maps of each cell's class on 2×2 grids (``grids.images``, ``grids.labels`` (N,4)): a list
+    of 4 (N,1,H,W) tensors."""
+    return [row.make(model, grids.images, grids.labels[:, cell]) for cell in range(4)]
+
+
+def grid_scores(cell_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Grid localisation of every cell's map (cell-major, N·4 values) and the correlation
+    between the maps of cells 0 and 1 (class sensitivity, N values)."""
+    count = cell_maps[0].shape[0]
+    localisation = [
+        metrics.grid_localisation(maps, torch.full((count,), cell))
+        for cell, maps in enumerate(cell_maps)
+    ]
+    return {
+        "grid_localisation": torch.cat(localisation),
+        "cross_cell_correlation": metrics.pearson(cell_maps[0], cell_maps[1]),
+    }
 
 
 def _ge_on_constant(model, images, targets):

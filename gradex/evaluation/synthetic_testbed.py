@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from .. import metrics
 from ..explainer import Explainer
 from ..synthetic import load_model, make_grids, make_images
 from ..synthetic.occlusion import occlusion_check
-from .rows import COARSE_METHODS, Row, rows
+from .rows import COARSE_METHODS, grid_maps, grid_scores, rows
 
 # Generator seeds of the evaluation data: disjoint from the training and validation seeds.
 IMAGES_SEED, GRIDS_SEED = 30_000, 40_000
@@ -29,11 +27,6 @@ FUSION_LAYERS = ("stages.0", "stages.1", "stages.2", "stages.3")
 SANITY_LAYERS = ("fc", "stages.3", "stages.2", "stages.1", "stages.0")
 
 EXAMPLES = 4  # images shown with each method's maps in the report
-
-
-def grid_maps(row: Row, model, grids) -> list[torch.Tensor]:
-    """Maps of each cell's class on the grids: a list of 4 (N,1,2S,2S) tensors."""
-    return [row.make(model, grids.images, grids.labels[:, cell]) for cell in range(4)]
 
 
 def evaluate_seed(
@@ -66,12 +59,6 @@ def evaluate_seed(
         if row.kind == "method":  # the coarse methods, with and without GE: the report's panels
             examples["maps"][row.name] = maps[:EXAMPLES]
         cell_maps = grid_maps(row, model, grid_data)
-        grid_scores = torch.cat(
-            [
-                metrics.grid_localisation(cell_maps[cell], torch.full((grids,), cell))
-                for cell in range(4)
-            ]
-        )
         deletion, _ = metrics.deletion_insertion(
             model, data.images[subset], maps[subset], data.labels[subset], "deletion", step
         )
@@ -82,11 +69,10 @@ def evaluate_seed(
         result["rows"][row.name] = {
             "energy_in_mask": metrics.energy_in_mask(maps, data.masks),
             "pointing_game": metrics.pointing_game(maps, data.masks).float(),
-            "grid_localisation": grid_scores,
+            **grid_scores(cell_maps),
             "deletion_auc": deletion,
             "insertion_auc": insertion,
             "edge_correlation": metrics.pearson(maps, edges),
-            "cross_cell_correlation": metrics.pearson(cell_maps[0], cell_maps[1]),
             "average_drop": 100 * drop,
             "increase_in_confidence": 100 * increase.float(),
         }
