@@ -78,6 +78,10 @@ _ALIASES = {
 }
 
 
+# Every method's name as the command line spells it (no spaces; ``get_method`` resolves them).
+METHOD_CHOICES = [*METHODS, "excitation", "contrastive-excitation"]
+
+
 def get_method(name: str | CamMethod) -> tuple[str, CamMethod]:
     """(canonical name, function) for a method name, or a user's own ``f(A, G) -> (B,1,h,w)``."""
     if callable(name):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .cams import METHODS
+from .cams import METHOD_CHOICES
 from .explainer import Explainer
 from .images import ImageError, demo_photos, expand_inputs, load_rgb
 from .models import EMBEDDED_MODEL, load_model
@@ -28,8 +28,6 @@ METHOD_TITLES = {
     "excitation": "Excitation backprop",
     "contrastive excitation": "Contrastive excitation backprop",
 }
-# Command-line spellings of the methods (no spaces).
-METHOD_CHOICES = [*METHODS, "excitation", "contrastive-excitation"]
 _PROGRESS_FROM = 4  # images; fewer finish before a progress bar would say anything useful
 
 

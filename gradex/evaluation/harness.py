@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..benchmark import measure
-from ..cams import get_method
+from ..cams import METHOD_CHOICES, get_method
 from ..explainer import Explainer
 from ..synthetic import available_seeds, load_model, make_images
 from . import report
@@ -27,10 +27,6 @@ from .synthetic_testbed import evaluate_seed
 # HiResCAM and XGrad-CAM equal Grad-CAM exactly on a global-average-pool + linear head (both
 # testbeds' models; the report checks it), so they are not run by default.
 DEFAULT_METHODS = ["gradcam", "gradcam++", "layercam", "excitation", "contrastive-excitation"]
-METHOD_CHOICES = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"] + [
-    "excitation",
-    "contrastive-excitation",
-]
 FULL = {
     "images": 1000,
     "grids": 250,
@@ -173,13 +169,13 @@ def equivalences(seed: int) -> dict:
     model = load_model(seed)
     x = make_images(16, 50_000).images
 
-    def coarse(method):
-        cam = Explainer(model, method, gradual=False)(x).cam
-        return cam / cam.amax(dim=(1, 2, 3), keepdim=True)
-
     pairs = {"hirescam": "gradcam", "xgradcam": "gradcam", "excitation": "layercam"}
+    coarse = {}
+    for method in {*pairs, *pairs.values()}:
+        cam = Explainer(model, method, gradual=False)(x).cam
+        coarse[method] = cam / cam.amax(dim=(1, 2, 3), keepdim=True)
     return {
-        f"{method} vs {other}": float((coarse(method) - coarse(other)).abs().max())
+        f"{method} vs {other}": float((coarse[method] - coarse[other]).abs().max())
         for method, other in pairs.items()
     }
 
