@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradex import cli
-from gradex.evaluation import stats
+from gradex.evaluation import report, stats
 
 
 def test_summary_and_paired_difference():
@@ -22,6 +22,21 @@ def test_summary_and_paired_difference():
     assert not stats.paired_difference(noise, torch.zeros(200))["excludes_0"]
     with pytest.raises(ValueError, match="must be paired"):
         stats.paired_difference(values, values[:5])
+
+
+def test_missed_photo_insertion_is_explained_with_its_numbers():
+    # Four crops; the third loses most: the text must name it, the totals and the follow-up.
+    coarse = {"insertion_auc": torch.tensor([0.6, 0.7, 0.8, 0.5]), "deletion_auc": torch.ones(4)}
+    ge = {"insertion_auc": torch.tensor([0.6, 0.65, 0.4, 0.5]), "deletion_auc": torch.ones(4) / 2}
+    results = {"photos": {"rows": {"gradcam": coarse, "gradcam + GE": ge}}}
+    missed = [{"goal": "A (photos): insertion AUC not lower by more than 0.01", "met": False}]
+    text = "\n".join(report._misses(results, {}, missed))
+    assert "over 4 crops only (-0.113 [" in text
+    assert "deletion -0.500 [-0.500, -0.500]" in text
+    assert "one crop's 0.80 → 0.40 (-0.400 of the -0.450 summed over the 4 crops)" in text
+    assert "bench/insertion_blur_check.py --crops 16" in text
+    met = [{"goal": missed[0]["goal"], "met": True}]
+    assert report._misses(results, {}, met) == []
 
 
 def test_quick_evaluation_writes_the_report(tmp_path, capsys):

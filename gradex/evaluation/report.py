@@ -442,18 +442,22 @@ def _misses(results: dict, table: dict, goal_rows: list[dict]) -> list[str]:
         ]
     if any(goal.startswith("A (photos): insertion") for goal in missed):
         rows = results["photos"]["rows"]
-        n = rows["gradcam"]["insertion_auc"].numel()
-        deletion = paired_difference(
-            rows["gradcam + GE"]["deletion_auc"], rows["gradcam"]["deletion_auc"]
-        )
+        ge, coarse = rows["gradcam + GE"], rows["gradcam"]
+        n = coarse["insertion_auc"].numel()
+        insertion = paired_difference(ge["insertion_auc"], coarse["insertion_auc"])
+        deletion = paired_difference(ge["deletion_auc"], coarse["deletion_auc"])
+        change = ge["insertion_auc"] - coarse["insertion_auc"]
+        worst = int(change.argmin())
         lines += [
             "",
-            f"**Missed on the photos: insertion** (over {n} crops only; deletion improved, "
-            f"{_interval(deletion)}). GE ranks a few hot spots first and the rest of the crop by "
-            "fine texture, while insertion from a blurred image rewards revealing whole regions "
-            "early; the paper's formula loses insertion here too. "
-            "`python bench/insertion_blur_check.py` measures how much of the gap is the "
-            "sharpness of the reveal order alone (the main README quotes it).",
+            f"**Missed on the photos: insertion** over {n} crops only "
+            f"({_interval(insertion)}; deletion {_interval(deletion)}). The largest single "
+            f"change is one crop's {coarse['insertion_auc'][worst]:.2f} → "
+            f"{ge['insertion_auc'][worst]:.2f} ({float(change[worst]):+.3f} of the "
+            f"{float(change.sum()):+.3f} summed over the {n} crops). {n} crops are weak evidence: "
+            "`python bench/insertion_blur_check.py --crops 16` repeats deletion and insertion "
+            "on more crops, and with GE's map blurred before ranking (how much of a gap is the "
+            "sharpness of the reveal order alone); the main README quotes its result.",
         ]
     return lines
 
