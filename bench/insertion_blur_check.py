@@ -23,18 +23,16 @@ from gradex import Explainer, metrics
 from gradex.benchmark.measure import machine
 from gradex.evaluation.photo_testbed import CROPS_SEED, crops_in_photo_order
 from gradex.evaluation.photos import make_crops
-from gradex.evaluation.stats import paired_difference, summary
+from gradex.evaluation.stats import (
+    format_difference,
+    format_mean,
+    paired_difference,
+    summary,
+)
 from gradex.models import load_lite0
 from gradex.reference import PAPER_FORMULA
 
 BLUR_SIGMA = 8.0
-
-
-def _interval(result: dict, digits: int = 3) -> str:
-    return (
-        f"{result['mean']:+.{digits}f} [{result['ci_low']:+.{digits}f}, "
-        f"{result['ci_high']:+.{digits}f}]"
-    )
 
 
 def explain_crops(model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -60,12 +58,10 @@ def report(aucs: dict, photos: torch.Tensor, names: list[str], header: list[str]
     for name, auc in aucs.items():
         cells = []
         for mode in ("deletion", "insertion"):
-            s = summary(auc[mode])
-            cells.append(f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]")
+            cells.append(format_mean(summary(auc[mode])))
         for mode in ("deletion", "insertion"):
-            cells.append(
-                "–" if name == "Grad-CAM" else _interval(paired_difference(auc[mode], base[mode]))
-            )
+            difference = paired_difference(auc[mode], base[mode])
+            cells.append("–" if name == "Grad-CAM" else format_difference(difference))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .rows import ABLATIONS
-from .stats import paired_difference, summary
+from .stats import format_difference, format_mean, paired_difference, summary
 
 METRICS = {  # key -> (column title, higher is better)
     "energy_in_mask": ("energy in mask", True),
@@ -53,10 +53,6 @@ def _goal(text, value, met, detail=""):
     return {"goal": text, "measured": value, "met": bool(met), "detail": detail}
 
 
-def _interval(d: dict, digits: int = 3) -> str:
-    return f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
-
-
 def _faithfulness_goals(name: str, ge: dict, coarse: dict) -> list[dict]:
     out = []
     if "deletion_auc" not in ge:
@@ -65,7 +61,7 @@ def _faithfulness_goals(name: str, ge: dict, coarse: dict) -> list[dict]:
     out.append(
         _goal(
             f"{name}: deletion AUC not worse by more than 0.01",
-            _interval(deletion, 4),
+            format_difference(deletion, 4),
             deletion["mean"] <= 0.01,
         )
     )
@@ -73,7 +69,7 @@ def _faithfulness_goals(name: str, ge: dict, coarse: dict) -> list[dict]:
     out.append(
         _goal(
             f"{name}: insertion AUC not lower by more than 0.01",
-            _interval(insertion, 4),
+            format_difference(insertion, 4),
             insertion["mean"] >= -0.01,
         )
     )
@@ -94,7 +90,7 @@ def _constant_goal(name: str, ge: torch.Tensor, constant: torch.Tensor) -> dict:
     return _goal(
         f"{name}: GE on a constant map clearly worse (grid localisation, Δ interval above 0.1)",
         f"GE {ge.double().mean():.3f} vs constant {constant.double().mean():.3f} "
-        f"(Δ {_interval(gap)})",
+        f"(Δ {format_difference(gap)})",
         gap["ci_low"] > 0.1,
     )
 
@@ -109,7 +105,7 @@ def goals(results: dict) -> list[dict]:
         out.append(
             _goal(
                 f"{name}: energy in mask, GE − Grad-CAM ≥ +0.05, interval excludes 0",
-                _interval(energy),
+                format_difference(energy),
                 energy["mean"] >= 0.05 and energy["ci_low"] > 0,
             )
         )
@@ -180,10 +176,6 @@ def failing_cells(photos: dict) -> dict:
 # -- markdown ---------------------------------------------------------------------------------
 
 
-def _cell(s: dict) -> str:
-    return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-
-
 def _table(table: dict, metrics: list[str]) -> list[str]:
     header = " | ".join(METRICS[m][0] for m in metrics)
     lines = [f"| map | {header} |", "|" + " --- |" * (len(metrics) + 1)]
@@ -194,7 +186,7 @@ def _table(table: dict, metrics: list[str]) -> list[str]:
                 values.append("–")
                 continue
             s = cells[metric]
-            text = _cell(s)
+            text = format_mean(s)
             if metric == "grid_localisation":
                 text += f"; median {s['median']:.3f}"
             values.append(text)
@@ -212,7 +204,7 @@ def _paired_table(get, methods: list[str], metrics: list[str]) -> list[str]:
         cells = []
         for metric in metrics:
             ge, coarse = get(f"{method} + GE", metric), get(method, metric)
-            cells.append("–" if ge is None else _interval(paired_difference(ge, coarse)))
+            cells.append("–" if ge is None else format_difference(paired_difference(ge, coarse)))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
@@ -451,8 +443,8 @@ def _misses(results: dict, table: dict, goal_rows: list[dict]) -> list[str]:
         lines += [
             "",
             f"**Missed on the photos: insertion** over {n} crops only "
-            f"({_interval(insertion)}; deletion {_interval(deletion)}). The largest single "
-            f"change is one crop's {coarse['insertion_auc'][worst]:.2f} → "
+            f"({format_difference(insertion)}; deletion {format_difference(deletion)}). "
+            f"The largest single change is one crop's {coarse['insertion_auc'][worst]:.2f} → "
             f"{ge['insertion_auc'][worst]:.2f} ({float(change[worst]):+.3f} of the "
             f"{float(change.sum()):+.3f} summed over the {n} crops). {n} crops are weak evidence: "
             "`python bench/insertion_blur_check.py --crops 16` repeats deletion and insertion "

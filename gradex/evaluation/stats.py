@@ -42,3 +42,13 @@ def paired_difference(a, b, seed: int = 0) -> dict:
     result = summary(a - b, seed)
     result["excludes_0"] = result["ci_low"] > 0 or result["ci_high"] < 0
     return result
+
+
+def format_mean(s: dict) -> str:
+    """'mean [low, high]' of a ``summary``."""
+    return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+
+def format_difference(d: dict, digits: int = 3) -> str:
+    """'+mean [+low, +high]' (signed) of a ``paired_difference`` or ``summary``."""
+    return f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
