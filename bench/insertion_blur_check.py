@@ -33,6 +33,7 @@ from gradex.models import load_lite0
 from gradex.reference import PAPER_FORMULA
 
 BLUR_SIGMA = 8.0
+MODES = ("deletion", "insertion")
 
 
 def explain_crops(model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -56,12 +57,11 @@ def report(aucs: dict, photos: torch.Tensor, names: list[str], header: list[str]
     ]
     base = aucs["Grad-CAM"]
     for name, auc in aucs.items():
-        cells = []
-        for mode in ("deletion", "insertion"):
-            cells.append(format_mean(summary(auc[mode])))
-        for mode in ("deletion", "insertion"):
-            difference = paired_difference(auc[mode], base[mode])
-            cells.append("–" if name == "Grad-CAM" else format_difference(difference))
+        cells = [format_mean(summary(auc[mode])) for mode in MODES]
+        if auc is base:
+            cells += ["–"] * len(MODES)
+        else:
+            cells += [format_difference(paired_difference(auc[m], base[m])) for m in MODES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -94,7 +94,7 @@ def main() -> None:
     for name, saliency in explain_crops(model, x, y).items():
         aucs[name] = {
             mode: metrics.deletion_insertion(model, x, saliency, y, mode, x.shape[-1])[0]
-            for mode in ("deletion", "insertion")
+            for mode in MODES
         }
     info = machine(torch.device("cpu"))
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
