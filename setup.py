@@ -12,12 +12,16 @@ Environment:
     GRADEX_BUILD=0            build no extension (pure Python install)
     GRADEX_BUILD_CUDA=0       build the CPU kernels only
     CUDA_HOME                 the toolkit's root; found from nvcc on PATH or /usr/local/cuda*
+                              (a toolkit of another CUDA major version than torch's is skipped,
+                              with a warning: the CPU kernels are built alone)
     TORCH_CUDA_ARCH_LIST      GPU architectures; default without a visible GPU: 8.0;9.0+PTX
 """
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 import warnings
 
@@ -49,6 +53,39 @@ def _find_cuda_home() -> str | None:
     return next((path for path in candidates if path and _is_toolkit_root(path)), None)
 
 
+def _toolkit_version(cuda_home: str) -> str | None:
+    """The toolkit's CUDA version ('12.4'), as its nvcc reports it; None if it cannot say."""
+    try:
+        result = subprocess.run(
+            [os.path.join(cuda_home, "bin", "nvcc"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", result.stdout)
+    return f"{match[1]}.{match[2]}" if match else None
+
+
+def _toolkit_matches_torch(cuda_home: str, torch_cuda: str) -> bool:
+    """torch refuses to build CUDA code with a toolkit of another major version than its own
+    (a RuntimeError that would fail the whole install): check first, and fall back to the CPU
+    kernels with a warning instead."""
+    version = _toolkit_version(cuda_home)
+    if version is None:
+        _warn(f"could not read the CUDA version of {cuda_home}/bin/nvcc: building the CPU kernels only")
+        return False
+    if version.split(".")[0] != torch_cuda.split(".")[0]:
+        _warn(
+            f"the CUDA toolkit at {cuda_home} is CUDA {version} but torch was built with CUDA "
+            f"{torch_cuda}: building the CPU kernels only (set CUDA_HOME to a CUDA "
+            f"{torch_cuda.split('.')[0]}.x toolkit for the CUDA kernels)"
+        )
+        return False
+    return True
+
+
 def _extensions():
     if os.environ.get("GRADEX_BUILD", "1") == "0":
         _warn("GRADEX_BUILD=0: no compiled kernels; the reference backend will be used")
@@ -70,7 +107,11 @@ def _extensions():
         return [], {}
 
     cuda_home = _find_cuda_home() if torch.version.cuda else None
-    build_cuda = cuda_home is not None and os.environ.get("GRADEX_BUILD_CUDA", "1") != "0"
+    build_cuda = (
+        cuda_home is not None
+        and os.environ.get("GRADEX_BUILD_CUDA", "1") != "0"
+        and _toolkit_matches_torch(cuda_home, torch.version.cuda)
+    )
     if build_cuda:
         os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():

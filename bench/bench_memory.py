@@ -61,9 +61,8 @@ def keep_stages_backend(kept: list) -> str:
         ops.Backend(
             name=name,
             reduce_stage=reduce_and_keep,
-            step=reference.upsample_multiply,
-            normalize=reference.normalize_maps,
-            availability=lambda: (True, "benchmark only"),
+            chain=reference.chain,
+            availability=lambda device=None: (True, "benchmark only"),
             devices=("*",),
         )
     )

@@ -1,14 +1,21 @@
 // The gradex ops: schemas (one place for every backend) and the argument checks they share.
 //
-// The three primitives of Gradual Extrapolation (DESIGN.md §1), per sample b:
-//   reduce_stage(A, transform) -> (S, M)   S = Σ_c t(A)[b,c] (B,1,H,W) fp32, M = max(0, max t(A)[b])
-//                                          (B,) fp32, NaN where S holds a NaN; t: none|relu|abs
-//   upsample_multiply(g, S, M)  -> bilinear(g to S's size) * S / M, zeros where M is not a
-//                                          positive finite number (a dead stage)
-//   normalize_maps(g)           -> clip((g - mean) / std, -1, 1) min-maxed to [0, 1], zeros for a
-//                                          constant map
-// Kernels: cpu/stage_ops_cpu.cpp and cuda/stage_ops_cuda.cu; fake (meta) versions in
-// gradex/_ext.py; the oracle is gradex/reference.py.
+// Gradual Extrapolation (DESIGN.md §1) in two ops, per sample b:
+//   reduce_stage(A, transform, splits, chunks) -> (sums, maxima)
+//       one read of a stage activation A (B,C,H,W), t(A) with t: none|relu|abs, as partials:
+//       sums (splits,B,1,H,W) fp32 whose sum over dim 0 is S = Σ_c t(A)[b,c], and maxima
+//       (B, splits*chunks) fp32 whose max is M = max(0, max t(A)[b]), NaN where S holds a NaN.
+//       A kernel writes one part per block it runs (channel split × position chunk), so nothing
+//       is zeroed first and nothing is combined by atomics: one launch, and the same S on every
+//       run. Any implementation may put everything in the first part and zeros in the others.
+//   extrapolate_chain(heatmap, sums[], maxima[], windows, output_size, local, normalize) -> map
+//       everything after the reductions: for the stages deepest first, the 'local' weighting
+//       (S over its bilinearly blended mean on windows×windows cells, floored) or the global one
+//       (S / M), bilinear upsampling of the map times the weighted S (zeros on a dead stage), the
+//       resize to output_size, and the normalisation (0 none, 1 min-max, 2 standardise), with a
+//       map constant up to rounding normalised to zeros.
+// Kernels: cpu/ and cuda/; fake (meta) versions in gradex/_ext.py; the oracle is
+// gradex/reference.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -16,52 +23,69 @@
 
 namespace gradex {
 
-void check_reduce_stage_args(const at::Tensor& activation, int64_t transform) {
+void check_reduce_stage_args(const at::Tensor& activation, int64_t transform, int64_t splits,
+                             int64_t chunks) {
   TORCH_CHECK(activation.dim() == 4, "gradex::reduce_stage: activation must be (B,C,H,W), got ",
               activation.dim(), " dims");
   const auto dtype = activation.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "gradex::reduce_stage: activation must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
+                  dtype == at::kDouble,
+              "gradex::reduce_stage: activation must be float32, float16, bfloat16 or float64, "
+              "got ", dtype);
   TORCH_CHECK(activation.size(0) == 0 ||
                   (activation.size(1) > 0 && activation.size(2) > 0 && activation.size(3) > 0),
               "gradex::reduce_stage: activation must not be empty, got ", activation.sizes());
   TORCH_CHECK(transform >= 0 && transform <= 2,
               "gradex::reduce_stage: transform must be 0 (none), 1 (relu) or 2 (abs), got ",
               transform);
+  TORCH_CHECK(splits >= 1 && chunks >= 1,
+              "gradex::reduce_stage: splits and chunks must be >= 1, got ", splits, " and ",
+              chunks);
 }
 
-void check_upsample_multiply_args(const at::Tensor& g, const at::Tensor& channel_sum,
-                                  const at::Tensor& sample_max) {
-  TORCH_CHECK(g.dim() == 4 && g.size(1) == 1 && g.scalar_type() == at::kFloat,
-              "gradex::upsample_multiply: g must be a (B,1,h,w) float32 map, got ",
-              g.scalar_type(), " ", g.sizes());
-  TORCH_CHECK(channel_sum.dim() == 4 && channel_sum.size(1) == 1 &&
-                  channel_sum.scalar_type() == at::kFloat,
-              "gradex::upsample_multiply: channel_sum must be a (B,1,H,W) float32 map, got ",
-              channel_sum.scalar_type(), " ", channel_sum.sizes());
-  TORCH_CHECK(sample_max.dim() == 1 && sample_max.scalar_type() == at::kFloat,
-              "gradex::upsample_multiply: sample_max must be a (B,) float32 vector, got ",
-              sample_max.scalar_type(), " ", sample_max.sizes());
-  TORCH_CHECK(g.size(0) == channel_sum.size(0) && g.size(0) == sample_max.size(0),
-              "gradex::upsample_multiply: g, channel_sum and sample_max must share the batch size, "
-              "got ", g.size(0), ", ", channel_sum.size(0), " and ", sample_max.size(0));
-  TORCH_CHECK(g.size(0) == 0 || (g.size(2) > 0 && g.size(3) > 0 && channel_sum.size(2) > 0 &&
-                                 channel_sum.size(3) > 0),
-              "gradex::upsample_multiply: maps must not be empty");
-  TORCH_CHECK(g.device() == channel_sum.device() && g.device() == sample_max.device(),
-              "gradex::upsample_multiply: g, channel_sum and sample_max must be on one device");
-}
-
-void check_normalize_maps_args(const at::Tensor& g) {
-  TORCH_CHECK(g.dim() == 4 && g.size(1) == 1 && g.scalar_type() == at::kFloat,
-              "gradex::normalize_maps: g must be a (B,1,H,W) float32 map, got ", g.scalar_type(),
-              " ", g.sizes());
+void check_chain_args(const at::Tensor& heatmap, at::TensorList sums, at::TensorList maxima,
+                      at::IntArrayRef windows, at::IntArrayRef output_size, int64_t normalize) {
+  TORCH_CHECK(heatmap.dim() == 4 && heatmap.size(1) == 1 && heatmap.scalar_type() == at::kFloat,
+              "gradex::extrapolate_chain: heatmap must be a (B,1,h,w) float32 map, got ",
+              heatmap.scalar_type(), " ", heatmap.sizes());
+  const int64_t batch = heatmap.size(0);
+  TORCH_CHECK(batch == 0 || (heatmap.size(2) > 0 && heatmap.size(3) > 0),
+              "gradex::extrapolate_chain: heatmap must not be empty, got ", heatmap.sizes());
+  TORCH_CHECK(sums.size() == maxima.size(),
+              "gradex::extrapolate_chain: sums and maxima must have one entry per stage, got ",
+              sums.size(), " and ", maxima.size());
+  for (size_t k = 0; k < sums.size(); ++k) {
+    const at::Tensor& s = sums[k];
+    const at::Tensor& m = maxima[k];
+    TORCH_CHECK(s.dim() == 5 && s.size(0) >= 1 && s.size(1) == batch && s.size(2) == 1 &&
+                    s.scalar_type() == at::kFloat,
+                "gradex::extrapolate_chain: sums[", k, "] must be (n,B,1,H,W) float32 with B=",
+                batch, ", got ", s.scalar_type(), " ", s.sizes());
+    TORCH_CHECK(batch == 0 || (s.size(3) > 0 && s.size(4) > 0),
+                "gradex::extrapolate_chain: sums[", k, "] must not be empty, got ", s.sizes());
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == batch && m.size(1) >= 1 &&
+                    m.scalar_type() == at::kFloat,
+                "gradex::extrapolate_chain: maxima[", k, "] must be (B,m) float32 with B=", batch,
+                ", got ", m.scalar_type(), " ", m.sizes());
+    TORCH_CHECK(s.device() == heatmap.device() && m.device() == heatmap.device(),
+                "gradex::extrapolate_chain: sums[", k, "] and maxima[", k,
+                "] must be on the heatmap's device, ", heatmap.device());
+  }
+  TORCH_CHECK(windows.size() == 2 && windows[0] >= 1 && windows[1] >= 1,
+              "gradex::extrapolate_chain: windows must be two positive ints, got ", windows);
+  TORCH_CHECK(output_size.size() == 2 && output_size[0] >= 1 && output_size[1] >= 1,
+              "gradex::extrapolate_chain: output_size must be two positive ints, got ",
+              output_size);
+  TORCH_CHECK(normalize >= 0 && normalize <= 2,
+              "gradex::extrapolate_chain: normalize must be 0 (none), 1 (min-max) or 2 "
+              "(standardize), got ", normalize);
 }
 
 TORCH_LIBRARY(gradex, m) {
-  m.def("reduce_stage(Tensor activation, int transform) -> (Tensor, Tensor)");
-  m.def("upsample_multiply(Tensor g, Tensor channel_sum, Tensor sample_max) -> Tensor");
-  m.def("normalize_maps(Tensor g) -> Tensor");
+  m.def("reduce_stage(Tensor activation, int transform, int splits, int chunks) -> (Tensor, Tensor)");
+  m.def(
+      "extrapolate_chain(Tensor heatmap, Tensor[] sums, Tensor[] maxima, int[2] windows, "
+      "int[2] output_size, bool local, int normalize) -> Tensor");
 }
 
 }  // namespace gradex

@@ -1,9 +1,9 @@
 """Loads gradex's compiled kernels (``gradex._C``) on first use and says why when it cannot.
 
-The extension registers ``torch.ops.gradex.{reduce_stage, upsample_multiply, normalize_maps}``
-(schemas in csrc/gradex.cpp) with CPU kernels and, when built with the CUDA toolkit, CUDA
-kernels. Their fake (meta) implementations live here, so the ops trace under torch.compile.
-Nothing is loaded at ``import gradex``.
+The extension registers ``torch.ops.gradex.{reduce_stage, extrapolate_chain}`` (schemas in
+csrc/gradex.cpp) with CPU kernels and, when built with the CUDA toolkit, CUDA kernels. Their
+fake (meta) implementations live here, so the ops trace under torch.compile; the Triton ops
+(gradex/triton_kernels.py) share schemas and fakes. Nothing is loaded at ``import gradex``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ BUILD_COMMAND = (
     "(and the CUDA toolkit, or CUDA_HOME, for the CUDA kernels); see README.md"
 )
 
-# The `transform` argument of gradex::reduce_stage (csrc/stage_ops.h).
+# The `transform` argument of reduce_stage and the `normalize` argument of extrapolate_chain
+# (csrc/stage_ops.h).
 TRANSFORM_CODES = {None: 0, "relu": 1, "abs": 2}
+NORMALIZE_CODES = {None: 0, "minmax": 1, "standardize": 2}
 
 
 @functools.cache
@@ -39,7 +41,7 @@ def has_kernel(device_type: str) -> bool:
     )
 
 
-def cpu_availability() -> tuple[bool, str]:
+def cpu_availability(device: torch.device | None = None) -> tuple[bool, str]:
     loaded, reason = load()
     if not loaded:
         return False, reason
@@ -48,7 +50,14 @@ def cpu_availability() -> tuple[bool, str]:
     return True, f"C++ kernels in gradex._C, {torch.get_num_threads()} threads"
 
 
-def cuda_availability() -> tuple[bool, str]:
+@functools.cache
+def _device_supported(index: int) -> bool:
+    return bool(torch.ops.gradex.cuda_device_supported(index))
+
+
+def cuda_availability(device: torch.device | None = None) -> tuple[bool, str]:
+    """Whether the CUDA kernels can run (on ``device``, when given: the build must carry a kernel
+    image or PTX for its architecture, or 'auto' would pick kernels that fail at launch)."""
     loaded, reason = load()
     if not loaded:
         return False, reason
@@ -59,32 +68,34 @@ def cuda_availability() -> tuple[bool, str]:
         )
     if not torch.cuda.is_available():  # asks the driver; creates no CUDA context
         return False, "CUDA kernels are built, but no CUDA device is visible"
+    if device is not None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if not _device_supported(index):
+            major, minor = torch.cuda.get_device_capability(index)
+            return False, (
+                f"gradex._C has no kernel image for {torch.cuda.get_device_name(index)} "
+                f"(compute capability {major}.{minor}); rebuild with "
+                f'TORCH_CUDA_ARCH_LIST="{major}.{minor}" and: {BUILD_COMMAND}'
+            )
     return True, "CUDA kernels in gradex._C"
 
 
-# Fake (meta) implementations: output shapes and dtypes only. The compiled ops and the Triton
-# ops (gradex/triton_kernels.py) share them, as they share the schemas.
-def reduce_stage_fake(activation, transform):
+# Fake (meta) implementations: output shapes and dtypes only, shared with the Triton ops.
+def reduce_stage_fake(activation, transform, splits, chunks):
     torch._check(activation.dim() == 4, lambda: "activation must be (B,C,H,W)")
     batch, _, height, width = activation.shape
     return (
-        activation.new_empty((batch, 1, height, width), dtype=torch.float32),
-        activation.new_empty((batch,), dtype=torch.float32),
+        activation.new_empty((splits, batch, 1, height, width), dtype=torch.float32),
+        activation.new_empty((batch, splits * chunks), dtype=torch.float32),
     )
 
 
-def upsample_multiply_fake(g, channel_sum, sample_max):
-    torch._check(g.dim() == 4 and channel_sum.dim() == 4, lambda: "maps must be (B,1,H,W)")
-    torch._check(g.shape[0] == channel_sum.shape[0], lambda: "batch sizes differ")
-    return g.new_empty(channel_sum.shape, dtype=torch.float32)
-
-
-def normalize_maps_fake(g):
-    torch._check(g.dim() == 4, lambda: "g must be (B,1,H,W)")
-    return g.new_empty(g.shape, dtype=torch.float32)
+def extrapolate_chain_fake(heatmap, sums, maxima, windows, output_size, local, normalize):
+    torch._check(heatmap.dim() == 4, lambda: "heatmap must be (B,1,h,w)")
+    torch._check(len(sums) == len(maxima), lambda: "one entry of sums and maxima per stage")
+    return heatmap.new_empty((heatmap.shape[0], 1, *output_size), dtype=torch.float32)
 
 
 def _register_fakes() -> None:
     torch.library.register_fake("gradex::reduce_stage", reduce_stage_fake)
-    torch.library.register_fake("gradex::upsample_multiply", upsample_multiply_fake)
-    torch.library.register_fake("gradex::normalize_maps", normalize_maps_fake)
+    torch.library.register_fake("gradex::extrapolate_chain", extrapolate_chain_fake)

@@ -325,8 +325,8 @@ class Explainer:
         stages = reduced if self.gradual else []
         if check:
             check_finite(cam, f"the CAM at {layers.target.ref}")
-            for k, (channel_sum, _) in enumerate(stages):
-                check_finite(channel_sum, f"stage {layers.stages[k].ref}")
+            for k, stage in enumerate(stages):
+                check_finite(stage.sums, f"stage {layers.stages[k].ref}")
         saliency = extrapolate_reduced(
             cam, stages, tuple(x.shape[-2:]), backend, self.normalize, self.stage_weighting
         )

@@ -1,8 +1,10 @@
-"""Backend choice and dispatch for the per-stage primitives of Gradual Extrapolation.
+"""Backend choice and dispatch for Gradual Extrapolation.
 
-A backend supplies the three primitives of ``gradex.reference`` (reduce a stage to its channel
-sum and max, one upsample-multiply step, the final normalisation). ``chain`` strings them together
-the same way for every backend, so a backend differs from the reference only in its kernels.
+A backend supplies the two halves of GE: ``reduce_stage`` (one read of a stage activation, to its
+channel sum S and maximum M, as partials: ``reference.Stage``) and ``chain`` (everything after
+the reductions: the stage weighting, the upsample-multiply steps, the resize and the
+normalisation). The fused backends run each half as one op: a stage costs one kernel launch and
+the whole chain one more.
 
 Backends: ``reference`` (plain PyTorch, any device), ``cpu`` and ``cuda`` (the compiled ops
 ``torch.ops.gradex.*`` of gradex._C), ``triton`` (``torch.ops.gradex_triton.*``). Nothing is
@@ -11,6 +13,7 @@ loaded or compiled until a backend is first asked for.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -20,17 +23,22 @@ from dataclasses import dataclass
 import torch
 
 from . import _ext, reference
-from ._validation import check_extrapolate_args
+from ._validation import check_extrapolate_args, check_normalize, check_stage_weighting
+from .partition import reduction_partition
+
+# Stages one chain op carries: the CUDA kernel passes them by value in its launch arguments.
+# Longer lists (rare: one stage per resolution is the usual) go through several calls.
+MAX_STAGES_PER_CALL = 16
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    reduce_stage: Callable  # (activation, transform) -> (S, M)
-    step: Callable  # (g, S, M) -> g
-    normalize: Callable  # (g) -> g
-    # () -> (available, reason); called when asked, never at import, so no GPU is touched then.
-    availability: Callable[[], tuple[bool, str]]
+    reduce_stage: Callable  # (activation, transform) -> reference.Stage
+    chain: Callable  # (heatmap, stages, output_size, stage_weighting, normalize) -> map
+    # (device or None) -> (available, reason); called when asked, never at import, so no GPU
+    # is touched then. With a device: whether it runs on that device.
+    availability: Callable[..., tuple[bool, str]]
     devices: tuple[str, ...]  # device types it runs on
 
 
@@ -51,33 +59,73 @@ register_backend(
     Backend(
         name="reference",
         reduce_stage=reference.reduce_stage,
-        step=reference.upsample_multiply,
-        normalize=reference.normalize_maps,
-        availability=lambda: (True, "plain PyTorch ops; runs on any device"),
+        chain=reference.chain,
+        availability=lambda device=None: (True, "plain PyTorch ops; runs on any device"),
         devices=("*",),
     )
 )
 
 
+@functools.cache
+def _cuda_multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 @dataclass(frozen=True)
-class _OpPrimitives:
-    """The three primitives as calls of one registered op namespace (``torch.ops.<ns>``);
-    ``namespace`` is looked up at call time, so nothing is loaded before first use."""
+class _FusedOps:
+    """The two halves as calls of one registered op namespace (``torch.ops.<ns>``), looked up at
+    call time, so nothing is loaded before first use."""
 
     namespace: Callable[[], object]
+    # SMs the reduction splits a stage for, on a device of this type; None: one part (the CPU
+    # kernel spreads its threads itself).
+    multiprocessors: Callable[[torch.device], int | None]
 
-    def reduce_stage(self, activation: torch.Tensor, transform: str | None):
+    def reduce_stage(self, activation: torch.Tensor, transform: str | None) -> reference.Stage:
+        batch, channels, height, width = activation.shape
+        multiprocessors = self.multiprocessors(activation.device)
+        splits, chunks = (
+            (1, 1)
+            if multiprocessors is None
+            else reduction_partition(batch, channels, height * width, multiprocessors)
+        )
         code = _ext.TRANSFORM_CODES[transform]
-        return self.namespace().reduce_stage(activation.detach(), code)
+        sums, maxima = self.namespace().reduce_stage(activation.detach(), code, splits, chunks)
+        return reference.Stage(sums, maxima)
 
-    def step(self, g, channel_sum, sample_max):
-        return self.namespace().upsample_multiply(g, channel_sum, sample_max)
+    def chain(
+        self,
+        heatmap: torch.Tensor,
+        stages: Sequence[reference.Stage],
+        output_size: tuple[int, int] | None,
+        stage_weighting: str = "local",
+        normalize: str | None = "minmax",
+    ) -> torch.Tensor:
+        op = self.namespace().extrapolate_chain
+        local = check_stage_weighting(stage_weighting) == "local"
+        code = _ext.NORMALIZE_CODES[check_normalize(normalize)]
+        windows = list(reference.local_windows(heatmap.shape[-2:]))
+        g = heatmap.float()
+        stages = list(stages)
+        if output_size is None:  # the shallowest stage's size, as the reference leaves it
+            output_size = tuple((stages[0].sums if stages else g).shape[-2:])
+        # The deepest groups first, each handing its raw map (at its shallowest stage's size)
+        # to the next group as its heatmap; the windows stay those of the real heatmap.
+        while len(stages) > MAX_STAGES_PER_CALL:
+            group, stages = stages[-MAX_STAGES_PER_CALL:], stages[:-MAX_STAGES_PER_CALL]
+            size = list(group[0].sums.shape[-2:])
+            g = op(g, [s.sums for s in group], [s.maxima for s in group], windows, size, local, 0)
+        sums, maxima = [s.sums for s in stages], [s.maxima for s in stages]
+        return op(g, sums, maxima, windows, list(output_size), local, code)
 
-    def normalize(self, g):
-        return self.namespace().normalize_maps(g)
+
+def _compiled_multiprocessors(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return _cuda_multiprocessors(device.index if device.index is not None else 0)
 
 
-_COMPILED = _OpPrimitives(lambda: torch.ops.gradex)
+_COMPILED = _FusedOps(lambda: torch.ops.gradex, _compiled_multiprocessors)
 
 for _name, _availability in (("cpu", _ext.cpu_availability), ("cuda", _ext.cuda_availability)):
     # One set of ops: the dispatcher routes them to the CPU or CUDA kernels by device.
@@ -85,8 +133,7 @@ for _name, _availability in (("cpu", _ext.cpu_availability), ("cuda", _ext.cuda_
         Backend(
             name=_name,
             reduce_stage=_COMPILED.reduce_stage,
-            step=_COMPILED.step,
-            normalize=_COMPILED.normalize,
+            chain=_COMPILED.chain,
             availability=_availability,
             devices=(_name,),
         ),
@@ -100,13 +147,22 @@ def _triton_ops():
     return torch.ops.gradex_triton
 
 
-_TRITON = _OpPrimitives(_triton_ops)
-
 # Triton runs CPU tensors only in its interpreter, which it reads from the environment.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# The interpreter's 'GPU': small, so that the tests also exercise split reductions.
+INTERPRETER_MULTIPROCESSORS = 4
 
 
-def _triton_availability() -> tuple[bool, str]:
+def _triton_multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _cuda_multiprocessors(device.index if device.index is not None else 0)
+    return INTERPRETER_MULTIPROCESSORS
+
+
+_TRITON = _FusedOps(_triton_ops, _triton_multiprocessors)
+
+
+def _triton_availability(device: torch.device | None = None) -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (pip install triton)"
     if _TRITON_INTERPRET:
@@ -120,8 +176,7 @@ register_backend(
     Backend(
         name="triton",
         reduce_stage=_TRITON.reduce_stage,
-        step=_TRITON.step,
-        normalize=_TRITON.normalize,
+        chain=_TRITON.chain,
         availability=_triton_availability,
         devices=("cuda", "cpu") if _TRITON_INTERPRET else ("cuda",),
     ),
@@ -153,7 +208,7 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
         reasons = []
         for candidate in _AUTO_ORDER.get(device.type, ()):
             backend = _REGISTRY[candidate]
-            available, reason = backend.availability()
+            available, reason = backend.availability(device)
             if available:
                 return backend
             reasons.append(f"{candidate}: {reason}")
@@ -167,7 +222,7 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
             )
         return _REGISTRY["reference"]
     backend = _REGISTRY[name]
-    available, reason = backend.availability()
+    available, reason = backend.availability(device)
     if not available:
         raise RuntimeError(f"backend {name!r} is not available: {reason}")
     if "*" not in backend.devices and device.type not in backend.devices:
@@ -186,16 +241,9 @@ def extrapolate_reduced(
     stage_weighting: str = "local",
 ) -> torch.Tensor:
     """The chain on stages that are already reduced (the Explainer reduces them in its hooks)."""
-    finish = reference.finish_for(normalize, backend.normalize)
-    stages = reference.weighted_stages(stages, tuple(heatmap.shape[-2:]), stage_weighting)
-    return reference.chain(
-        heatmap,
-        stages,
-        output_size,
-        finish is not None,
-        step=backend.step,
-        finish=finish or backend.normalize,
-    )
+    normalize = check_normalize(normalize)
+    check_stage_weighting(stage_weighting)
+    return backend.chain(heatmap, stages, output_size, stage_weighting, normalize)
 
 
 def extrapolate(
@@ -233,8 +281,8 @@ def extrapolate(
     heatmap, activations, output_size = check_extrapolate_args(
         heatmap, activations, output_size, transform, check
     )
-    reference.finish_for(normalize)  # refuse a bad name before any work
-    reference.check_stage_weighting(stage_weighting)
+    normalize = check_normalize(normalize)  # refuse a bad name before any work
+    check_stage_weighting(stage_weighting)
     chosen = resolve_backend(backend, heatmap.device)
     stages = [chosen.reduce_stage(a, transform) for a in activations]
     return extrapolate_reduced(heatmap, stages, output_size, chosen, normalize, stage_weighting)

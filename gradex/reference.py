@@ -14,7 +14,7 @@ That is the paper's formula (per sample), kept as ``stage_weighting='global'`` w
 ``normalize='standardize'``. gradex's defaults, chosen by the evaluation (docs/evaluation):
 
 - ``stage_weighting='local'``: before the chain, each stage's S is divided by its own mean over
-  windows of 2×2 cells of the coarse map (``localise_stages``). The upsampling blurs each coarse
+  windows of 2×2 cells of the coarse map (``local_weighting``). The upsampling blurs each coarse
   value over that neighbourhood, and GE should undo that blur, not move the evidence towards
   distant regions that merely fire more strongly: with the raw S, whose strength differs across
   an image by orders of magnitude over five stages, a class map in a dim region was drawn into a
@@ -24,15 +24,20 @@ That is the paper's formula (per sample), kept as ``stage_weighting='global'`` w
   (a pixel at 0 lands at (1 - mean/std) / 2); it lowered GE's localisation scores on both
   testbeds.
 
-It is split into the three primitives a fused backend replaces (``reduce_stage``,
-``upsample_multiply``, ``normalize_maps``) and the short ``chain`` that strings them together;
-the local weighting and the min-max normalisation are plain PyTorch ops on the small (B,1,H,W)
-maps, shared by every backend.
+A map that is constant within the float32 rounding of the chain (``map_is_varying``) normalises
+to zeros under either normalisation: stretching rounding noise to [0, 1] would draw a confident
+pattern where there is nothing to show.
+
+A backend replaces two pieces: ``reduce_stage`` (one read of each activation, in the forward
+hook) and ``chain`` (everything after it, on maps C_k times smaller). Reduced stages are
+``Stage`` partials, so that a parallel reduction can leave per-block results behind instead of
+combining them with atomics or a second launch; the reference's have a single part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +49,45 @@ from ._validation import (
     check_stage_weighting,
 )
 
-Stage = tuple[torch.Tensor, torch.Tensor]  # (S: (B,1,H,W) float32, M: (B,) float32)
-
 # The options of ``extrapolate`` (and the Explainer) that compute GE as the paper does, per image.
 PAPER_FORMULA = {"stage_weighting": "global", "normalize": "standardize"}
 
 # Coarse-map cells per side of the windows that 'local' stage weighting balances S over: the
 # support of the bilinear kernel that spread each coarse value.
 LOCAL_WINDOW = 2
+# The local mean is floored at this fraction of the stage's largest window mean (and at
+# MIN_FLOOR), so that a window that never fired gives 0 / floor = 0, never 0 / 0.
+LOCAL_FLOOR = 1e-6
+MIN_FLOOR = 1e-30
+
+# A map whose spread (max - min) is at most this fraction of its magnitude (max |g|) is constant:
+# the float32 rounding of the chain, not a pattern. Each stage rounds a value about ten times
+# (the bilinear taps of g and of the window means, the floor, the divide, the multiply), each by
+# at most u = 2^-24 of it, so a chain of K stages and the final resize move a constant map by at
+# most ~(10K + 4)u, and two pixels differ by twice that: 2^-15 = 512u covers 25 stages (the tests
+# measure ~20u on constant inputs) and is still ~30x below a faint map of 0.1 % contrast.
+CONSTANT_RTOL = 2.0**-15
+
+
+class Stage(NamedTuple):
+    """A GE stage reduced to what the chain reads, as partial results.
+
+    ``sums`` (n,B,1,H,W) float32: partial channel sums, S = their sum over the first dim;
+    ``maxima`` (B,m) float32: partial maxima, M = their max (NaN if any is NaN). A fused
+    reduction writes one part per block it ran, so that nothing has to be zeroed first or
+    combined by atomics (which would also make S depend on the order blocks finished in).
+    """
+
+    sums: torch.Tensor
+    maxima: torch.Tensor
+
+    def channel_sum(self) -> torch.Tensor:
+        """S: (B,1,H,W) float32."""
+        return self.sums[0] if self.sums.shape[0] == 1 else self.sums.sum(dim=0)
+
+    def sample_max(self) -> torch.Tensor:
+        """M: (B,) float32, NaN where the stage held a NaN."""
+        return self.maxima[:, 0] if self.maxima.shape[1] == 1 else self.maxima.amax(dim=1)
 
 
 def apply_transform(activation: torch.Tensor, transform: str | None) -> torch.Tensor:
@@ -67,7 +103,7 @@ def apply_transform(activation: torch.Tensor, transform: str | None) -> torch.Te
 
 
 def reduce_stage(activation: torch.Tensor, transform: str | None = None) -> Stage:
-    """(B,C,H,W) activation -> (S, M): channel sum (B,1,H,W) and per-sample max (B,), in fp32.
+    """(B,C,H,W) activation -> its channel sum S (B,1,H,W) and per-sample max M (B,), in fp32.
 
     M is reported clamped at 0 (a non-positive max makes the stage dead either way; the fused
     kernels start their max at 0), and NaN where the stage holds a NaN.
@@ -75,28 +111,63 @@ def reduce_stage(activation: torch.Tensor, transform: str | None = None) -> Stag
     a = apply_transform(activation.detach(), transform)
     channel_sum = a.sum(dim=1, keepdim=True, dtype=torch.float32)
     sample_max = a.amax(dim=(1, 2, 3)).float().clamp_min(0)
-    return channel_sum, sample_max
+    return Stage(channel_sum.unsqueeze(0), sample_max.unsqueeze(1))
+
+
+def stage_is_live(sample_max: torch.Tensor) -> torch.Tensor:
+    """A stage whose max is not a positive finite number fired nowhere (or overflowed)."""
+    return torch.isfinite(sample_max) & (sample_max > 0)
 
 
 def upsample_multiply(g: torch.Tensor, channel_sum: torch.Tensor, sample_max: torch.Tensor):
     """One GE step: carry ``g`` to the stage's resolution and weight it by how the stage fired."""
     g = F.interpolate(g, size=tuple(channel_sum.shape[-2:]), mode="bilinear", align_corners=False)
-    live = (torch.isfinite(sample_max) & (sample_max > 0)).view(-1, 1, 1, 1)
+    live = stage_is_live(sample_max).view(-1, 1, 1, 1)
     safe_max = torch.where(live, sample_max.view(-1, 1, 1, 1), torch.ones_like(g[:, :, :1, :1]))
     # where(), not a multiply by 0: a dead stage may hold Inf, and 0 * Inf is NaN.
     return torch.where(live, g * channel_sum / safe_max, torch.zeros_like(g))
 
 
+def local_windows(coarse_size: Sequence[int]) -> tuple[int, int]:
+    """How many windows of ``LOCAL_WINDOW``² coarse cells cover a coarse map, per side."""
+    return tuple(max(1, -(-int(side) // LOCAL_WINDOW)) for side in coarse_size)
+
+
+def local_weighting(
+    channel_sum: torch.Tensor, sample_max: torch.Tensor, windows: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """'local' stage weighting: S divided by its mean over ``windows`` (pooled, then upsampled
+    bilinearly, so no window edges show).
+
+    The window means are summed in float64: exact for a constant S, so a constant stage stays
+    constant. M is replaced by 1 on live stages (the per-sample scale it removed no longer
+    matters) and kept where it marks a dead stage (<= 0 or not finite), so those still give zeros.
+    """
+    pooled = F.adaptive_avg_pool2d(channel_sum.double(), windows).float()
+    local_mean = F.interpolate(
+        pooled, size=tuple(channel_sum.shape[-2:]), mode="bilinear", align_corners=False
+    )
+    floor = (pooled.amax(dim=(1, 2, 3), keepdim=True) * LOCAL_FLOOR).clamp_min(MIN_FLOOR)
+    weight = torch.where(stage_is_live(sample_max), torch.ones_like(sample_max), sample_max)
+    return channel_sum / (local_mean + floor), weight
+
+
+def map_is_varying(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Per sample: does a map spanning [lo, hi] vary by more than the chain's rounding
+    (``CONSTANT_RTOL``)? False for NaN and infinite spans."""
+    return (hi - lo) > CONSTANT_RTOL * torch.maximum(lo.abs(), hi.abs())
+
+
 def normalize_maps(g: torch.Tensor) -> torch.Tensor:
     """Per sample: standardise (unbiased std), clip to [-1, 1], min-max to [0, 1].
 
-    A constant map (a dead stage, an all-zero CAM) becomes all zeros rather than NaN. Constancy is
-    decided on the map itself (max == min), not on its std, because float rounding of the mean
-    leaves a tiny non-zero std on a constant map that would turn into a noise pattern.
+    A constant map (a dead stage, an all-zero CAM, a constant input) becomes all zeros rather than
+    NaN or stretched noise. Constancy is decided on the map itself (``map_is_varying``), not on its
+    std, which float rounding of the mean leaves non-zero on a constant map.
     """
     flat = g.flatten(1)
     lo, hi = flat.aminmax(dim=1)
-    varying = (hi > lo) & (flat.shape[1] > 1)
+    varying = map_is_varying(lo, hi) & (flat.shape[1] > 1)
     mean = flat.mean(dim=1, keepdim=True)
     if flat.shape[1] > 1:
         std = flat.std(dim=1, keepdim=True).where(varying.unsqueeze(1), torch.ones_like(mean))
@@ -112,77 +183,41 @@ def normalize_maps(g: torch.Tensor) -> torch.Tensor:
     return out.view_as(g)
 
 
-def localise_stages(stages: Sequence[Stage], coarse_size: tuple[int, int]) -> list[Stage]:
-    """'local' stage weighting: each S divided by its mean over windows of ``LOCAL_WINDOW``²
-    cells of the coarse map (pooled, then upsampled bilinearly, so no window edges show).
-
-    M is replaced by 1 on live stages (the per-sample scale it removed no longer matters) and
-    kept where it marks a dead stage (<= 0 or not finite), so those still give zeros.
-    """
-    windows = tuple(max(1, -(-side // LOCAL_WINDOW)) for side in coarse_size)
-    out = []
-    for channel_sum, sample_max in stages:
-        pooled = F.adaptive_avg_pool2d(channel_sum, windows)
-        local_mean = F.interpolate(
-            pooled, size=tuple(channel_sum.shape[-2:]), mode="bilinear", align_corners=False
-        )
-        # A window that never fired has S = 0 in it: 0 / floor = 0, never 0 / 0.
-        floor = (pooled.amax(dim=(1, 2, 3), keepdim=True) * 1e-6).clamp_min(1e-30)
-        live = torch.isfinite(sample_max) & (sample_max > 0)
-        out.append(
-            (
-                channel_sum / (local_mean + floor),
-                torch.where(live, torch.ones_like(sample_max), sample_max),
-            )
-        )
-    return out
-
-
 def minmax_maps(g: torch.Tensor) -> torch.Tensor:
-    """Per sample: (g - min) / (max - min); a constant map becomes all zeros."""
+    """Per sample: (g - min) / (max - min); a constant map (``map_is_varying``) becomes zeros."""
     flat = g.flatten(1)
     lo, hi = flat.aminmax(dim=1)
+    varying = map_is_varying(lo, hi).unsqueeze(1)
     span = (hi - lo).unsqueeze(1)
-    out = torch.where(span > 0, (flat - lo.unsqueeze(1)) / span.where(span > 0, 1), 0.0)
+    out = torch.where(varying, (flat - lo.unsqueeze(1)) / span.where(varying, 1), 0.0)
     return out.view_as(g)
 
 
-def finish_for(normalize: str | None, standardize: Callable = normalize_maps) -> Callable | None:
-    """The final normalisation a ``normalize`` name means; ``standardize`` is the backend's
-    fused kernel for the paper's one."""
-    normalize = check_normalize(normalize)
-    if normalize is None:
-        return None
-    return minmax_maps if normalize == "minmax" else standardize
-
-
-def weighted_stages(
-    stages: Sequence[Stage], coarse_size: tuple[int, int], stage_weighting: str
-) -> list[Stage]:
-    if check_stage_weighting(stage_weighting) == "local":
-        return localise_stages(stages, coarse_size)
-    return list(stages)
+NORMALIZERS = {"minmax": minmax_maps, "standardize": normalize_maps}
 
 
 def chain(
     heatmap: torch.Tensor,
     stages: Sequence[Stage],
     output_size: tuple[int, int] | None,
-    normalize: bool,
-    step: Callable = upsample_multiply,
-    finish: Callable = normalize_maps,
+    stage_weighting: str = "local",
+    normalize: str | None = "minmax",
 ) -> torch.Tensor:
-    """Carry a (B,1,h,w) heatmap through reduced stages ordered shallow to deep.
-
-    ``step`` and ``finish`` are the backend's primitives; the defaults are this module's.
-    """
+    """Carry a (B,1,h,w) heatmap through reduced stages ordered shallow to deep, resize it to
+    ``output_size`` and normalise it: everything GE does after the reductions."""
+    local = check_stage_weighting(stage_weighting) == "local"
+    normalize = check_normalize(normalize)
+    windows = local_windows(heatmap.shape[-2:])
     g = heatmap.float()
-    for channel_sum, sample_max in reversed(stages):
-        g = step(g, channel_sum, sample_max)
+    for stage in reversed(stages):
+        channel_sum, sample_max = stage.channel_sum(), stage.sample_max()
+        if local:
+            channel_sum, sample_max = local_weighting(channel_sum, sample_max, windows)
+        g = upsample_multiply(g, channel_sum, sample_max)
     if output_size is not None and tuple(g.shape[-2:]) != tuple(output_size):
         g = F.interpolate(g, size=output_size, mode="bilinear", align_corners=False)
-    if normalize:
-        g = finish(g)
+    if normalize is not None:
+        g = NORMALIZERS[normalize](g)
     return g.contiguous()
 
 
@@ -206,10 +241,10 @@ def extrapolate(
     heatmap, activations, output_size = check_extrapolate_args(
         heatmap, activations, output_size, transform, check
     )
-    finish = finish_for(normalize)
+    normalize = check_normalize(normalize)
+    check_stage_weighting(stage_weighting)
     stages = [reduce_stage(a, transform) for a in activations]
-    stages = weighted_stages(stages, tuple(heatmap.shape[-2:]), stage_weighting)
-    return chain(heatmap, stages, output_size, finish is not None, finish=finish or normalize_maps)
+    return chain(heatmap, stages, output_size, stage_weighting, normalize)
 
 
 def extrapolate_paper(heatmap: torch.Tensor, activations: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -218,7 +253,8 @@ def extrapolate_paper(heatmap: torch.Tensor, activations: Sequence[torch.Tensor]
     As in github.com/szandala/gradual-extrapolation: each stage divides by the max over the whole
     batch, and the normalisation takes mean, std (unbiased), min and max over the whole batch, so
     one image's map depends on its batch-mates. The only departure: where the original divides by
-    a non-positive max or a zero std and returns NaN, this returns zeros.
+    a non-positive max or a zero std and returns NaN (or stretches a map that is constant up to
+    rounding), this returns zeros.
     """
     heatmap, activations, _ = check_extrapolate_args(heatmap, activations, None)
     g = heatmap.float()
@@ -231,7 +267,7 @@ def extrapolate_paper(heatmap: torch.Tensor, activations: Sequence[torch.Tensor]
         else:
             g = g * (a.sum(dim=1, keepdim=True, dtype=torch.float32) / batch_max)
     lo, hi = g.aminmax()
-    if not hi > lo:
+    if not map_is_varying(lo, hi):
         return torch.zeros_like(g)
     z = ((g - g.mean()) / g.std()).clamp(-1, 1)
     return (z - z.min()) / (z.max() - z.min())

@@ -97,17 +97,21 @@ class StaticExplainer:
 
     def _capture(self, warmup: int) -> None:
         device = self.input.device
-        # Warm-up on a side stream, as CUDA graph capture asks: cuDNN picks its algorithms,
-        # Triton compiles, autograd starts its device thread, all before capture begins.
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self._explain()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._outputs = self._explain()
+        # Everything on the input's device, whichever device is current: the warm-up and the
+        # capture streams, the kernels' launches (torch.cuda.graph captures on the current
+        # device otherwise, and a model on cuda:1 would be captured on cuda:0).
+        with torch.cuda.device(device):
+            # Warm-up on a side stream, as CUDA graph capture asks: cuDNN picks its algorithms,
+            # Triton compiles, autograd starts its device thread, all before capture begins.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    self._explain()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph, stream=torch.cuda.Stream(device)):
+                self._outputs = self._explain()
 
     def _load_input(self, x) -> None:
         x = check_image_batch(x)
@@ -145,7 +149,8 @@ class StaticExplainer:
         if self._graph is None:
             out = self._explain()
         else:
-            self._graph.replay()
+            with torch.cuda.device(self.input.device):  # replays on that device's stream
+                self._graph.replay()
             out = self._outputs
             if copy:
                 out = dataclasses.replace(

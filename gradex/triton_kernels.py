@@ -1,37 +1,54 @@
-"""Triton kernels of the three GE primitives, registered as ``torch.ops.gradex_triton.*``.
+"""Triton kernels of the two GE ops, registered as ``torch.ops.gradex_triton.*``.
 
-Same contract as the compiled ops (csrc/gradex.cpp): S = Σ_c t(A) in fp32, M = max(0, max t(A))
-per sample (NaN where S holds a NaN), one bilinear-upsample × S / M step with dead stages zeroed,
-and the per-sample normalisation. They run on CUDA tensors, and on CPU tensors when the
-environment sets TRITON_INTERPRET=1 before this module is imported (the tests do).
+Same schemas and contract as the compiled ops (csrc/gradex.cpp): ``reduce_stage`` leaves one
+partial channel sum and one partial maximum per program (no zeroed buffers, no atomics: one
+launch, the same S on every run), and ``extrapolate_chain`` runs everything after the reductions
+(local or global stage weighting, the upsample-multiply steps, the resize, the normalisation with
+constant maps to zeros) in one program per sample. They run on CUDA tensors, and on CPU tensors
+when the environment sets TRITON_INTERPRET=1 before this module is imported (the tests do).
+
+Compiled kernels must hold two rules the interpreter does not check (tests/test_triton_compile.py
+compiles every kernel for sm_80 and sm_90 to keep them): a module global read inside a kernel must
+be a ``tl.constexpr``, and an integer argument may arrive as a constant (Triton specialises ints
+equal to 1), so kernels convert ints with ``tl.cast``, never with a method of the argument.
 
 Importing this module imports triton; gradex imports it only when the backend is first used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import torch
 import triton
 import triton.language as tl
 
-from ._ext import normalize_maps_fake, reduce_stage_fake, upsample_multiply_fake
+from . import reference
+from ._ext import extrapolate_chain_fake, reduce_stage_fake
 
-# The bit pattern of the canonical quiet NaN: as an int32 it is larger than that of any
-# non-negative float (+Inf included), so atomic_max on the int view makes a NaN stick in M.
-NAN_BITS = 0x7FC00000
+# gradex.reference's constants, as the kernels read them.
+CONSTANT_RTOL: tl.constexpr = tl.constexpr(reference.CONSTANT_RTOL)
+LOCAL_FLOOR: tl.constexpr = tl.constexpr(reference.LOCAL_FLOOR)
+MIN_FLOOR: tl.constexpr = tl.constexpr(reference.MIN_FLOOR)
+FLOAT_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
 
 
-def _multiprocessors(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a small 'GPU', so that tests also exercise the channel split
+def _on_device(tensor: torch.Tensor):
+    """Launch on the tensor's GPU, not on whichever is current."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 @triton.jit
 def _reduce_stage_kernel(
     a_ptr,
-    s_ptr,
-    m_bits_ptr,
+    sums_ptr,
+    maxima_ptr,
+    B,
     C,
     W,
     P,
@@ -39,102 +56,108 @@ def _reduce_stage_kernel(
     stride_c,
     stride_h,
     stride_w,
-    channels_per_split,
+    splits,
+    chunks,
+    per_split,
+    per_chunk,
     TRANSFORM: tl.constexpr,
     FLAT_PLANE: tl.constexpr,
-    SINGLE_SPLIT: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    # One program: BLOCK_P positions of sample program_id(2), the channels of split program_id(1).
-    b = tl.program_id(2).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    p_mask = p < P
-    if FLAT_PLANE:  # noqa: SIM108  (a constexpr branch: the other side is never compiled)
-        offsets_p = p * stride_w
-    else:
-        offsets_p = (p // W) * stride_h + (p % W) * stride_w
-    base = a_ptr + b * stride_b + offsets_p
-    c_begin = tl.program_id(1).to(tl.int64) * channels_per_split
-    c_end = tl.minimum(c_begin + channels_per_split, C)
+    # One program: the positions of one chunk of one sample, the channels of one split. It
+    # writes its partial sums (every position of its chunk) and its partial maximum.
+    pid = tl.program_id(0).to(tl.int64)
+    chunk = pid % chunks
+    split = (pid // chunks) % splits
+    b = pid // (chunks * splits)
+    p_begin = chunk * per_chunk
+    p_end = tl.minimum(p_begin + per_chunk, P)
+    c_begin = split * per_split
+    c_end = tl.minimum(c_begin + per_split, C)
+    sample = a_ptr + b * stride_b
+    out = sums_ptr + (split * B + b) * P
 
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     top = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)  # M is clamped at 0 (dead anyway)
-    for c in range(c_begin, c_end, BLOCK_C):
-        cs = c + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = (cs < c_end)[:, None] & p_mask[None, :]
-        v = tl.load(base[None, :] + cs[:, None] * stride_c, mask=mask, other=0.0).to(tl.float32)
-        if TRANSFORM == 1:
-            v = tl.where(v < 0.0, 0.0, v)  # keeps NaN, as torch.clamp_min does
-        elif TRANSFORM == 2:
-            v = tl.abs(v)
-        acc += v
-        top = tl.maximum(top, v)
-
-    s = tl.sum(acc, axis=0)
-    s_ptrs = s_ptr + b * P + p
-    if SINGLE_SPLIT:
-        tl.store(s_ptrs, s, mask=p_mask)
-    else:
-        tl.atomic_add(s_ptrs, s, mask=p_mask)
-    # A NaN anywhere in the stage shows in S; the max need not propagate it.
-    saw_nan = tl.sum(tl.where(p_mask & (s != s), 1, 0), axis=0) > 0
+    nans = tl.zeros([BLOCK_P], dtype=tl.int32)
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+        p_mask = p < p_end
+        if FLAT_PLANE:  # noqa: SIM108  (a constexpr branch: the other side is never compiled)
+            offsets_p = p * stride_w
+        else:
+            offsets_p = (p // W) * stride_h + (p % W) * stride_w
+        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        for c in range(c_begin, c_end, BLOCK_C):
+            cs = c + tl.arange(0, BLOCK_C).to(tl.int64)
+            mask = (cs < c_end)[:, None] & p_mask[None, :]
+            ptrs = sample + cs[:, None] * stride_c + offsets_p[None, :]
+            v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            if TRANSFORM == 1:
+                v = tl.where(v < 0.0, 0.0, v)  # keeps NaN, as torch.clamp_min does
+            elif TRANSFORM == 2:
+                v = tl.abs(v)
+            acc += v
+            top = tl.maximum(top, v)
+        s = tl.sum(acc, axis=0)
+        tl.store(out + p, s, mask=p_mask)
+        # A NaN anywhere in the stage shows in S; the max need not propagate it.
+        nans += tl.where(p_mask & (s != s), 1, 0)
     block_max = tl.max(tl.max(top, axis=1), axis=0)
-    bits = tl.where(saw_nan, NAN_BITS, block_max.to(tl.int32, bitcast=True))
-    tl.atomic_max(m_bits_ptr + b, bits)
-
-
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
+    result = tl.where(tl.sum(nans, axis=0) > 0, float("nan"), block_max)
+    tl.store(maxima_ptr + b * (splits * chunks) + split * chunks + chunk, result)
 
 
 @torch.library.custom_op("gradex_triton::reduce_stage", mutates_args=())
-def reduce_stage(activation: torch.Tensor, transform: int) -> tuple[torch.Tensor, torch.Tensor]:
+def reduce_stage(
+    activation: torch.Tensor, transform: int, splits: int, chunks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = activation.shape
     positions = height * width
-    sample_max_bits = torch.zeros(batch, dtype=torch.int32, device=activation.device)
-    if batch == 0:
-        empty = torch.empty(0, 1, height, width, dtype=torch.float32, device=activation.device)
-        return empty, sample_max_bits.view(torch.float32)
+    options = {"dtype": torch.float32, "device": activation.device}
+    sums = torch.empty(splits, batch, 1, height, width, **options)
+    maxima = torch.empty(batch, splits * chunks, **options)
+    programs = batch * splits * chunks
+    if programs == 0:
+        return sums, maxima
+    if programs >= 2**31:
+        raise ValueError(
+            f"gradex_triton::reduce_stage: batch × splits × chunks must be below 2^31, got "
+            f"{programs}"
+        )
     stride_b, stride_c, stride_h, stride_w = activation.stride()
-    channels_inner = stride_c == 1 and channels > 1
-    if channels_inner:  # channels_last: a program reads whole runs of channels
-        block_c = min(64, _next_power_of_two(channels))
+    per_split = triton.cdiv(channels, splits)
+    per_chunk = triton.cdiv(positions, chunks)
+    if stride_c == 1 and channels > 1:  # channels_last: a program reads whole runs of channels
+        block_c = min(64, _next_power_of_two(per_split))
         block_p = max(1, 2048 // block_c)
     else:  # NCHW: a program reads runs of positions, several channels at a time
-        block_p = min(256, max(16, _next_power_of_two(positions)))
+        block_p = min(256, max(16, _next_power_of_two(per_chunk)))
         block_c = max(1, 2048 // block_p)
-    tiles = triton.cdiv(positions, block_p)
-    # Split channels until the grid holds about four programs per SM (7×7 and 14×14 planes
-    # leave most of the GPU idle otherwise), keeping several channel blocks per program.
-    wanted = 4 * _multiprocessors(activation.device)
-    max_splits = max(1, channels // (2 * block_c))
-    splits = min(max(1, triton.cdiv(wanted, tiles * batch)), max_splits)
-    channels_per_split = triton.cdiv(channels, splits)
-    splits = triton.cdiv(channels, channels_per_split)
-
-    alloc = torch.empty if splits == 1 else torch.zeros
-    channel_sum = alloc(batch, 1, height, width, dtype=torch.float32, device=activation.device)
-    _reduce_stage_kernel[(tiles, splits, batch)](
-        activation,
-        channel_sum,
-        sample_max_bits,
-        channels,
-        width,
-        positions,
-        stride_b,
-        stride_c,
-        stride_h,
-        stride_w,
-        channels_per_split,
-        TRANSFORM=transform,
-        FLAT_PLANE=height == 1 or stride_h == width * stride_w,
-        SINGLE_SPLIT=splits == 1,
-        BLOCK_C=block_c,
-        BLOCK_P=block_p,
-        num_warps=8 if block_c * block_p >= 2048 else 4,
-    )
-    return channel_sum, sample_max_bits.view(torch.float32)
+    with _on_device(activation):
+        _reduce_stage_kernel[(programs,)](
+            activation,
+            sums,
+            maxima,
+            batch,
+            channels,
+            width,
+            positions,
+            stride_b,
+            stride_c,
+            stride_h,
+            stride_w,
+            splits,
+            chunks,
+            per_split,
+            per_chunk,
+            TRANSFORM=transform,
+            FLAT_PLANE=height == 1 or stride_h == width * stride_w,
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
+            num_warps=8 if block_c * block_p >= 2048 else 4,
+        )
+    return sums, maxima
 
 
 reduce_stage.register_fake(reduce_stage_fake)
@@ -144,119 +167,264 @@ reduce_stage.register_fake(reduce_stage_fake)
 def _bilinear_tap(dst, in_size, out_size):
     # As ATen computes F.interpolate(bilinear, align_corners=False): float scale, source
     # index clamped at 0, upper neighbour clamped at the edge.
-    scale = tl.div_rn(in_size.to(tl.float32), out_size.to(tl.float32))
-    src = scale * (dst.to(tl.float32) + 0.5) - 0.5
+    scale = tl.div_rn(tl.cast(in_size, tl.float32), tl.cast(out_size, tl.float32))
+    src = scale * (tl.cast(dst, tl.float32) + 0.5) - 0.5
     src = tl.maximum(src, 0.0)
-    lo = src.to(tl.int64)
+    lo = tl.cast(src, tl.int64)
     hi = tl.where(lo < in_size - 1, lo + 1, lo)
-    w_hi = src - lo.to(tl.float32)
+    w_hi = src - tl.cast(lo, tl.float32)
     return lo, hi, 1.0 - w_hi, w_hi
 
 
 @triton.jit
-def _upsample_multiply_kernel(g_ptr, s_ptr, m_ptr, out_ptr, total, h, w, H, W, BLOCK: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = i < total
-    x = i % W
-    y = (i // W) % H
-    b = i // (H * W)
-    m = tl.load(m_ptr + b, mask=mask, other=0.0)
-    live = (m > 0.0) & (m <= 3.402823466e38)  # false for NaN and +Inf: a dead stage
-    y_lo, y_hi, wy_lo, wy_hi = _bilinear_tap(y, h, H)
-    x_lo, x_hi, wx_lo, wx_hi = _bilinear_tap(x, w, W)
-    row_lo = g_ptr + (b * h + y_lo) * w
-    row_hi = g_ptr + (b * h + y_hi) * w
-    up = wy_lo * (
-        wx_lo * tl.load(row_lo + x_lo, mask=mask, other=0.0)
-        + wx_hi * tl.load(row_lo + x_hi, mask=mask, other=0.0)
-    ) + wy_hi * (
-        wx_lo * tl.load(row_hi + x_lo, mask=mask, other=0.0)
-        + wx_hi * tl.load(row_hi + x_hi, mask=mask, other=0.0)
+def _bilinear(src, src_h, src_w, y, x, out_h, out_w, mask):
+    # The bilinear value of the (src_h, src_w) map at output points (y, x), in ATen's order.
+    y_lo, y_hi, wy_lo, wy_hi = _bilinear_tap(y, src_h, out_h)
+    x_lo, x_hi, wx_lo, wx_hi = _bilinear_tap(x, src_w, out_w)
+    row_lo = src + y_lo * src_w
+    row_hi = src + y_hi * src_w
+    top = wx_lo * tl.load(row_lo + x_lo, mask=mask, other=0.0) + wx_hi * tl.load(
+        row_lo + x_hi, mask=mask, other=0.0
     )
-    s = tl.load(s_ptr + i, mask=mask, other=0.0)
-    safe_m = tl.where(live, m, 1.0)
-    out = tl.where(live, tl.div_rn(up * s, safe_m), 0.0)
-    tl.store(out_ptr + i, out, mask=mask)
+    bottom = wx_lo * tl.load(row_hi + x_lo, mask=mask, other=0.0) + wx_hi * tl.load(
+        row_hi + x_hi, mask=mask, other=0.0
+    )
+    return wy_lo * top + wy_hi * bottom
 
 
-@torch.library.custom_op("gradex_triton::upsample_multiply", mutates_args=())
-def upsample_multiply(
-    g: torch.Tensor, channel_sum: torch.Tensor, sample_max: torch.Tensor
+@triton.jit
+def _channel_sum(sums, parts, B, P, b, p, mask):
+    # S at positions p of sample b: the partial sums added.
+    s = tl.load(sums + b * P + p, mask=mask, other=0.0)
+    for n in range(1, parts):
+        s += tl.load(sums + (n * B + b) * P + p, mask=mask, other=0.0)
+    return s
+
+
+@triton.jit
+def _extrapolate_chain_kernel(
+    heatmap,
+    h0,
+    w0,
+    sums,
+    parts,
+    maxima,
+    counts,
+    heights,
+    widths,
+    B,
+    ny,
+    nx,
+    out_ptr,
+    Ho,
+    Wo,
+    scratch,
+    largest,
+    K: tl.constexpr,
+    LOCAL: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    FINAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One program per sample walks the whole chain; phases are separated by barriers, which also
+    # make one phase's writes to the scratch maps visible to the next. FINAL: 0, the shallowest
+    # stage wrote the output; 1, copy the map; 2, resize it.
+    b = tl.program_id(0).to(tl.int64)
+    buffers = scratch + b * (2 * largest + ny * nx)
+    pooled = buffers + 2 * largest
+    out = out_ptr + b * Ho * Wo
+    offsets = tl.arange(0, BLOCK).to(tl.int64)
+
+    for k in tl.static_range(K - 1, -1, -1):  # deepest first
+        H = heights[k]
+        W = widths[k]
+        P = H * W
+        if k == K - 1:
+            g = heatmap + b * h0 * w0
+            gh = h0
+            gw = w0
+        else:
+            g = buffers + ((k + 1) % 2) * largest
+            gh = heights[k + 1]
+            gw = widths[k + 1]
+        dst = buffers + (k % 2) * largest
+        if k == 0:
+            if FINAL == 0:
+                dst = out
+
+        # M from its partial maxima; a NaN anywhere marks the stage dead.
+        top = tl.zeros([BLOCK], dtype=tl.float32)
+        nans = tl.zeros([BLOCK], dtype=tl.int32)
+        for i0 in range(0, counts[k], BLOCK):
+            i = i0 + offsets
+            v = tl.load(maxima[k] + b * counts[k] + i, mask=i < counts[k], other=0.0)
+            nans += tl.where(v != v, 1, 0)
+            top = tl.maximum(top, tl.where(v != v, 0.0, v))
+        sample_max = tl.max(top, axis=0)
+        live = (tl.sum(nans, axis=0) == 0) & (sample_max > 0.0) & (sample_max <= FLOAT_MAX)
+
+        floor = 0.0
+        if LOCAL:
+            # Each window's mean of S, summed in float64 (exact for a constant S).
+            largest_mean = tl.zeros([BLOCK], dtype=tl.float32) - float("inf")
+            for w in range(0, ny * nx):
+                wy = w // nx
+                wx = w % nx
+                y0 = (wy * H) // ny
+                y1 = ((wy + 1) * H + ny - 1) // ny
+                x0 = (wx * W) // nx
+                x1 = ((wx + 1) * W + nx - 1) // nx
+                width = x1 - x0
+                count = (y1 - y0) * width
+                acc = tl.zeros([BLOCK], dtype=tl.float64)
+                for i0 in range(0, count, BLOCK):
+                    i = i0 + offsets
+                    mask = i < count
+                    p = (y0 + i // width) * W + x0 + i % width
+                    s = _channel_sum(sums[k], parts[k], B, P, b, p, mask)
+                    acc += tl.where(mask, s, 0.0).to(tl.float64)
+                mean = (tl.sum(acc, axis=0) / tl.cast(count, tl.float64)).to(tl.float32)
+                tl.store(pooled + w, mean)
+                largest_mean = tl.maximum(largest_mean, mean)
+            floor = tl.maximum(tl.max(largest_mean, axis=0) * LOCAL_FLOOR, MIN_FLOOR)
+            tl.debug_barrier()
+
+        for p0 in range(0, P, BLOCK):
+            p = p0 + offsets
+            mask = p < P
+            y = p // W
+            x = p % W
+            s = _channel_sum(sums[k], parts[k], B, P, b, p, mask)
+            if LOCAL:
+                local_mean = _bilinear(pooled, ny, nx, y, x, H, W, mask)
+                s = tl.div_rn(s, local_mean + floor)
+            value = _bilinear(g, gh, gw, y, x, H, W, mask) * s
+            if not LOCAL:  # the local weighting divides by 1: M's scale no longer matters
+                value = tl.div_rn(value, tl.where(live, sample_max, 1.0))
+            tl.store(dst + p, tl.where(live, value, 0.0), mask=mask)
+        tl.debug_barrier()
+
+    # The resize to the output size (or a copy), with the statistics.
+    if K == 0:
+        g = heatmap + b * h0 * w0
+        gh = h0
+        gw = w0
+    else:
+        g = buffers
+        gh = heights[0]
+        gw = widths[0]
+    n = Ho * Wo
+    lo = tl.full([BLOCK], float("inf"), dtype=tl.float32)
+    hi = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([BLOCK], dtype=tl.float64)
+    nans = tl.zeros([BLOCK], dtype=tl.int32)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + offsets
+        mask = i < n
+        if FINAL == 0:
+            v = tl.load(out + i, mask=mask, other=0.0)
+        elif FINAL == 1:
+            v = tl.load(g + i, mask=mask, other=0.0)
+            tl.store(out + i, v, mask=mask)
+        else:
+            v = _bilinear(g, gh, gw, i // Wo, i % Wo, Ho, Wo, mask)
+            tl.store(out + i, v, mask=mask)
+        lo = tl.minimum(lo, tl.where(mask, v, float("inf")))
+        hi = tl.maximum(hi, tl.where(mask, v, float("-inf")))
+        total += tl.where(mask, v, 0.0).to(tl.float64)
+        nans += tl.where(mask & (v != v), 1, 0)
+
+    if NORMALIZE != 0:
+        tl.debug_barrier()
+        lo_all = tl.min(lo, axis=0)
+        hi_all = tl.max(hi, axis=0)
+        magnitude = tl.maximum(tl.abs(lo_all), tl.abs(hi_all))
+        varying = (tl.sum(nans, axis=0) == 0) & (hi_all - lo_all > magnitude * CONSTANT_RTOL)
+        varying = varying & (n > 1)
+        if NORMALIZE == 1:
+            shift = lo_all
+            span = tl.where(varying, hi_all - lo_all, 1.0)
+            mean = 0.0
+            std = 1.0
+        else:
+            mean64 = tl.sum(total, axis=0) / tl.cast(n, tl.float64)
+            squares = tl.zeros([BLOCK], dtype=tl.float64)
+            for i0 in range(0, n, BLOCK):
+                i = i0 + offsets
+                mask = i < n
+                d = tl.load(out + i, mask=mask, other=0.0).to(tl.float64) - mean64
+                squares += tl.where(mask, d * d, 0.0)
+            variance = tl.sum(squares, axis=0) / (tl.cast(n, tl.float64) - 1.0)
+            mean = mean64.to(tl.float32)
+            std = tl.where(varying, tl.sqrt(variance).to(tl.float32), 1.0)
+            z_lo = tl.minimum(tl.maximum(tl.div_rn(lo_all - mean, std), -1.0), 1.0)
+            z_hi = tl.minimum(tl.maximum(tl.div_rn(hi_all - mean, std), -1.0), 1.0)
+            varying = varying & (z_hi > z_lo)
+            shift = z_lo
+            span = tl.where(varying, z_hi - z_lo, 1.0)
+        for i0 in range(0, n, BLOCK):
+            i = i0 + offsets
+            mask = i < n
+            v = tl.load(out + i, mask=mask, other=0.0)
+            if NORMALIZE == 2:
+                v = tl.minimum(tl.maximum(tl.div_rn(v - mean, std), -1.0), 1.0)
+            tl.store(out + i, tl.where(varying, tl.div_rn(v - shift, span), 0.0), mask=mask)
+
+
+@torch.library.custom_op("gradex_triton::extrapolate_chain", mutates_args=())
+def extrapolate_chain(
+    heatmap: torch.Tensor,
+    sums: list[torch.Tensor],
+    maxima: list[torch.Tensor],
+    windows: list[int],
+    output_size: list[int],
+    local: bool,
+    normalize: int,
 ) -> torch.Tensor:
-    g, channel_sum, sample_max = g.contiguous(), channel_sum.contiguous(), sample_max.contiguous()
-    batch, _, h, w = g.shape
-    height, width = channel_sum.shape[-2:]
-    out = torch.empty(batch, 1, height, width, dtype=torch.float32, device=g.device)
-    total = out.numel()
-    if total:
-        block = 1024
-        _upsample_multiply_kernel[(triton.cdiv(total, block),)](
-            g, channel_sum, sample_max, out, total, h, w, height, width, BLOCK=block
+    heatmap = heatmap.contiguous()
+    sums = [s.contiguous() for s in sums]
+    maxima = [m.contiguous() for m in maxima]
+    batch, _, h0, w0 = heatmap.shape
+    height, width = output_size
+    out = torch.empty(batch, 1, height, width, dtype=torch.float32, device=heatmap.device)
+    if batch == 0:
+        return out
+    largest = max((s.shape[-2] * s.shape[-1] for s in sums), default=0)
+    ny, nx = windows
+    scratch = torch.empty(batch * (2 * largest + ny * nx), dtype=torch.float32, device=out.device)
+    if sums and tuple(sums[0].shape[-2:]) == (height, width):
+        final = 0
+    elif tuple((sums[0] if sums else heatmap).shape[-2:]) == (height, width):
+        final = 1
+    else:
+        final = 2
+    with _on_device(heatmap):
+        _extrapolate_chain_kernel[(batch,)](
+            heatmap,
+            h0,
+            w0,
+            tuple(sums),
+            tuple(s.shape[0] for s in sums),
+            tuple(maxima),
+            tuple(m.shape[1] for m in maxima),
+            tuple(s.shape[-2] for s in sums),
+            tuple(s.shape[-1] for s in sums),
+            batch,
+            ny,
+            nx,
+            out,
+            height,
+            width,
+            scratch,
+            largest,
+            K=len(sums),
+            LOCAL=local,
+            NORMALIZE=normalize,
+            FINAL=final,
+            BLOCK=1024,
+            num_warps=8,
         )
     return out
 
 
-upsample_multiply.register_fake(upsample_multiply_fake)
-
-
-@triton.jit
-def _normalize_maps_kernel(g_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    # One program per sample: a map is at most a few hundred KB and stays in L2 for the three
-    # passes (statistics, spread, write). Sums in float64, as the CPU kernel does.
-    row = tl.program_id(0).to(tl.int64)
-    x_ptr = g_ptr + row * n
-    o_ptr = out_ptr + row * n
-    total = tl.zeros([BLOCK], dtype=tl.float64)
-    lo = tl.full([BLOCK], float("inf"), dtype=tl.float32)
-    hi = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    nans = tl.zeros([BLOCK], dtype=tl.int32)
-    for start in range(0, n, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        mask = idx < n
-        v = tl.load(x_ptr + idx, mask=mask, other=0.0)
-        total += tl.where(mask, v, 0.0).to(tl.float64)
-        lo = tl.minimum(lo, tl.where(mask, v, float("inf")))
-        hi = tl.maximum(hi, tl.where(mask, v, float("-inf")))
-        nans += tl.where(mask & (v != v), 1, 0)
-    mean = tl.sum(total, axis=0) / n
-    lo_all = tl.min(lo, axis=0)
-    hi_all = tl.max(hi, axis=0)
-    # Constancy is decided on the map itself, as the reference does (a NaN map counts too).
-    varying = (tl.sum(nans, axis=0) == 0) & (hi_all > lo_all) & (n > 1)
-
-    squares = tl.zeros([BLOCK], dtype=tl.float64)
-    for start in range(0, n, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        mask = idx < n
-        d = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float64) - mean
-        squares += tl.where(mask, d * d, 0.0)
-    variance = tl.sum(squares, axis=0) / tl.maximum(n - 1, 1)
-    mean32 = mean.to(tl.float32)
-    std = tl.sqrt(variance).to(tl.float32)
-    std = tl.where(varying, std, 1.0)
-    z_lo = tl.minimum(tl.maximum(tl.div_rn(lo_all - mean32, std), -1.0), 1.0)
-    z_hi = tl.minimum(tl.maximum(tl.div_rn(hi_all - mean32, std), -1.0), 1.0)
-    span = z_hi - z_lo
-    varying = varying & (span > 0.0)
-    span = tl.where(varying, span, 1.0)
-    for start in range(0, n, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        mask = idx < n
-        v = tl.load(x_ptr + idx, mask=mask, other=0.0)
-        z = tl.minimum(tl.maximum(tl.div_rn(v - mean32, std), -1.0), 1.0)
-        tl.store(o_ptr + idx, tl.where(varying, tl.div_rn(z - z_lo, span), 0.0), mask=mask)
-
-
-@torch.library.custom_op("gradex_triton::normalize_maps", mutates_args=())
-def normalize_maps(g: torch.Tensor) -> torch.Tensor:
-    g = g.contiguous()
-    batch, _, height, width = g.shape
-    out = torch.empty(batch, 1, height, width, dtype=torch.float32, device=g.device)
-    n = height * width
-    if batch and n:
-        block = min(4096, max(128, _next_power_of_two(n)))
-        _normalize_maps_kernel[(batch,)](g, out, n, BLOCK=block, num_warps=8)
-    return out
-
-
-normalize_maps.register_fake(normalize_maps_fake)
+extrapolate_chain.register_fake(extrapolate_chain_fake)

@@ -388,3 +388,20 @@ def test_every_available_backend_gives_the_reference_map(name):
         got = gradex.Explainer(model, backend=backend)(x)
         torch.testing.assert_close(got.cam, expected.cam)
         torch.testing.assert_close(got.saliency, expected.saliency, rtol=1e-4, atol=1e-4)
+
+
+def test_a_float64_model_is_explained_by_every_backend():
+    # float64 passes the API's checks, so every backend must take it (the kernels read it and
+    # sum in float32, as the reference does), with the default 'auto' first.
+    model = get("resnet18").double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    expected = gradex.Explainer(model, backend="reference")(x)
+    for backend, (available, _) in gradex.backends().items():
+        devices = gradex.ops._REGISTRY[backend].devices
+        if not available or not ("cpu" in devices or "*" in devices):
+            continue
+        got = gradex.Explainer(model, backend=backend)(x)
+        assert got.saliency.dtype == torch.float32
+        torch.testing.assert_close(got.saliency, expected.saliency, rtol=1e-4, atol=1e-4)
+    auto = gradex.Explainer(model)(x)
+    torch.testing.assert_close(auto.saliency, expected.saliency, rtol=1e-4, atol=1e-4)

@@ -31,20 +31,24 @@ def triton_ops_or_skip():
 
 def sample_arguments(device):
     cl = torch.rand(2, 6, 5, 7, device=device).contiguous(memory_format=torch.channels_last)
+    stages = [
+        reference.reduce_stage(torch.rand(2, 3, 9, 7, device=device)),
+        reference.reduce_stage(torch.rand(2, 5, 4, 4, device=device)),
+    ]
+    sums, maxima = [s.sums for s in stages], [s.maxima for s in stages]
+    heatmap = torch.rand(2, 1, 3, 4, device=device)
     return {
         "reduce_stage": [
-            (torch.rand(2, 6, 5, 7, device=device), 0),
-            (cl.half(), 1),
-            (torch.randn(3, 9, 4, 4, device=device)[:, ::2], 2),
+            (torch.rand(2, 6, 5, 7, device=device), 0, 1, 1),
+            (cl.half(), 1, 2, 3),
+            (torch.randn(3, 9, 4, 4, device=device)[:, ::2], 2, 1, 2),
+            (torch.rand(2, 4, 3, 3, device=device, dtype=torch.float64), 0, 1, 1),
         ],
-        "upsample_multiply": [
-            (
-                torch.rand(2, 1, 3, 4, device=device),
-                torch.rand(2, 1, 9, 7, device=device),
-                torch.rand(2, device=device) + 0.1,
-            ),
+        "extrapolate_chain": [
+            (heatmap, sums, maxima, [2, 2], [9, 7], True, 1),
+            (heatmap, sums, maxima, [2, 2], [20, 11], False, 2),
+            (heatmap, [], [], [2, 2], [5, 5], True, 0),
         ],
-        "normalize_maps": [(torch.rand(3, 1, 11, 13, device=device),)],
     }
 
 

@@ -1,15 +1,20 @@
-"""Property-based: the C++ CPU kernels equal the reference on any shape, stride and dtype."""
+"""Property-based: the C++ CPU kernels equal the reference on any shape, stride, dtype and option."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradex import _ext, reference
+from gradex import _ext, ops, reference
 
 pytestmark = pytest.mark.skipif(not _ext.cpu_availability()[0], reason="gradex._C not built")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 @st.composite
@@ -35,28 +40,34 @@ def activations(draw):
 @settings(max_examples=80, deadline=None)
 @given(a=activations(), transform=st.sampled_from([None, "relu", "abs"]))
 def test_cpu_reduce_stage_equals_reference(a, transform):
-    channel_sum, sample_max = torch.ops.gradex.reduce_stage(a, _ext.TRANSFORM_CODES[transform])
-    expected_sum, expected_max = reference.reduce_stage(a, transform)
-    torch.testing.assert_close(channel_sum, expected_sum, rtol=2e-5, atol=2e-5)
-    torch.testing.assert_close(sample_max, expected_max, rtol=0, atol=0)
+    sums, maxima = torch.ops.gradex.reduce_stage(a, _ext.TRANSFORM_CODES[transform], 1, 1)
+    stage, expected = reference.Stage(sums, maxima), reference.reduce_stage(a, transform)
+    torch.testing.assert_close(stage.channel_sum(), expected.channel_sum(), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(stage.sample_max(), expected.sample_max(), rtol=0, atol=0)
 
 
-@settings(max_examples=60, deadline=None)
+side = st.integers(1, 20)
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     b=st.integers(1, 3),
-    src=st.tuples(st.integers(1, 20), st.integers(1, 20)),
-    dst=st.tuples(st.integers(1, 60), st.integers(1, 60)),
+    heat=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    sizes=st.lists(st.tuples(side, side), max_size=4),
+    output=st.one_of(st.none(), st.tuples(st.integers(1, 60), st.integers(1, 60))),
+    weighting=st.sampled_from(["local", "global"]),
+    normalize=st.sampled_from(["minmax", "standardize", None]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_cpu_step_and_normalize_equal_reference(b, src, dst, seed):
+def test_cpu_chain_equals_reference(b, heat, sizes, output, weighting, normalize, seed):
+    sizes = sorted(sizes, reverse=True)  # shallow to deep
     generator = torch.Generator().manual_seed(seed)
-    g = torch.rand(b, 1, *src, generator=generator)
-    channel_sum = torch.rand(b, 1, *dst, generator=generator)
-    sample_max = torch.rand(b, generator=generator) + 0.05
-    out = torch.ops.gradex.upsample_multiply(g, channel_sum, sample_max)
-    torch.testing.assert_close(
-        out, reference.upsample_multiply(g, channel_sum, sample_max), rtol=1e-5, atol=1e-6
-    )
-    torch.testing.assert_close(
-        torch.ops.gradex.normalize_maps(out), reference.normalize_maps(out), rtol=1e-5, atol=2e-6
-    )
+    heatmap = torch.rand(b, 1, *heat, generator=generator)
+    stages = [
+        reference.reduce_stage(torch.rand(b, 3, h, w, generator=generator)) for h, w in sizes
+    ]
+    backend = ops.resolve_backend("cpu", torch.device("cpu"))
+    out = backend.chain(heatmap, stages, output, weighting, normalize)
+    expected = reference.chain(heatmap, stages, output, weighting, normalize)
+    scale = expected.abs().amax().item()
+    torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5 * max(scale, 1e-30))

@@ -27,7 +27,9 @@ def test_public_extrapolate_equals_reference(backend):
 
 def test_auto_falls_back_to_reference_once_warned_where_nothing_else_is_built(monkeypatch):
     monkeypatch.setattr(ops, "_WARNED_FALLBACK", set())
-    unavailable = ops.Backend("cpu", None, None, None, lambda: (False, "not built here"), ("cpu",))
+    unavailable = ops.Backend(
+        "cpu", None, None, lambda device=None: (False, "not built here"), ("cpu",)
+    )
     monkeypatch.setitem(ops._REGISTRY, "cpu", unavailable)
     with pytest.warns(RuntimeWarning, match="cpu: not built here"):
         assert ops.resolve_backend("auto", torch.device("cpu")).name == "reference"
@@ -79,7 +81,8 @@ def test_normalize_false_returns_the_raw_chain():
     acts = random_stages(2, [(8, 8)])
     heatmap = torch.rand(2, 1, 2, 2)
     raw = gradex.extrapolate(heatmap, acts, normalize=False, stage_weighting="global")
-    s, m = reference.reduce_stage(acts[0])
+    stage = reference.reduce_stage(acts[0])
+    s, m = stage.channel_sum(), stage.sample_max()
     expected = torch.nn.functional.interpolate(heatmap, size=(8, 8), mode="bilinear")
     torch.testing.assert_close(raw, expected * s / m.view(-1, 1, 1, 1))
 

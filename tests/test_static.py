@@ -165,8 +165,8 @@ def test_cuda_graph_equals_eager(method, backend):
     for _ in range(2):  # replayed twice on new inputs: nothing is stale
         x = torch.randn(2, 3, 96, 80, device="cuda")
         for target in (None, 7, [1, 2]):
-            # Same kernels on the same data; only the channel-split atomics of the fused
-            # reductions may sum in another order.
+            # Same kernels on the same data (the fused reductions use no atomics); cuDNN's
+            # gradient kernels may still sum in another order.
             expected = explainer(x, target=target)
             assert_same_explanation(static(x, target=target), expected, rtol=1e-5, atol=1e-5)
 
@@ -195,3 +195,30 @@ def test_cuda_graph_outputs_are_copies_unless_asked():
     assert torch.equal(first.saliency, kept)  # a copy: the next replay did not touch it
     again = static(torch.randn(1, 3, 64, 64, device="cuda"), copy=False)
     assert shared.saliency.data_ptr() == again.saliency.data_ptr()  # the graph's own buffer
+
+
+@pytest.mark.needs_cuda
+def test_cuda_graph_captured_and_replayed_under_a_users_stream():
+    model = copy.deepcopy(get("resnet18")).cuda()
+    explainer = gradex.Explainer(model)
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    user_stream = torch.cuda.Stream()
+    with torch.cuda.stream(user_stream):
+        static = explainer.static(x)
+        got = static(x)
+    torch.cuda.synchronize()
+    assert_same_explanation(got, explainer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_graph_of_a_model_on_another_device_than_the_current_one():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    model = copy.deepcopy(get("resnet18")).to("cuda:1")
+    explainer = gradex.Explainer(model)
+    x = torch.randn(2, 3, 64, 64, device="cuda:1")
+    with torch.cuda.device(0):
+        static = explainer.static(x)
+        got = static(x)
+    assert got.saliency.device == torch.device("cuda:1")
+    assert_same_explanation(got, explainer(x), rtol=1e-5, atol=1e-5)

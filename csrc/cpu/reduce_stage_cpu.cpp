@@ -1,4 +1,4 @@
-// CPU kernels of the gradex ops (schemas and math: csrc/gradex.cpp). Threads come from
+// CPU kernel of gradex::reduce_stage (schema and contract: csrc/gradex.cpp). Threads come from
 // at::parallel_for (OpenMP in torch's builds, sized by torch.set_num_threads); inner loops are
 // written so that the compiler vectorises them (omp simd reductions over contiguous runs).
 #include <ATen/Dispatch.h>
@@ -102,7 +102,7 @@ inline float sum_channels(const scalar_t* src, int64_t channels, int64_t stride,
 constexpr int64_t kPlaneChunk = 4096;
 
 template <typename scalar_t, Transform T>
-void reduce_stage_kernel(const at::Tensor& activation, float* S, float* M) {
+void reduce_stage_kernel(const at::Tensor& activation, float* S, float* M, int64_t m_stride) {
   const int64_t B = activation.size(0), C = activation.size(1);
   const int64_t H = activation.size(2), W = activation.size(3), P = H * W;
   const int64_t sB = activation.stride(0), sC = activation.stride(1);
@@ -159,138 +159,45 @@ void reduce_stage_kernel(const at::Tensor& activation, float* S, float* M) {
       const float* s = S + b * P;
       bool any_nan = false;
       for (int64_t p = 0; p < P; ++p) any_nan |= std::isnan(s[p]);
-      M[b] = any_nan ? std::numeric_limits<float>::quiet_NaN() : m;
+      M[b * m_stride] = any_nan ? std::numeric_limits<float>::quiet_NaN() : m;
     }
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> reduce_stage_cpu(const at::Tensor& activation,
-                                                    int64_t transform) {
-  check_reduce_stage_args(activation, transform);
-  const int64_t B = activation.size(0);
+                                                    int64_t transform, int64_t splits,
+                                                    int64_t chunks) {
+  check_reduce_stage_args(activation, transform, splits, chunks);
+  const int64_t B = activation.size(0), H = activation.size(2), W = activation.size(3);
   auto options = activation.options().dtype(at::kFloat);
-  at::Tensor S = at::empty({B, 1, activation.size(2), activation.size(3)}, options);
-  at::Tensor M = at::empty({B}, options);
-  if (B == 0) return {S, M};
+  // One pass gives the whole S and M: they go in the first part, the others (if the caller
+  // asked for a partition) hold the identities of the sum and the max.
+  at::Tensor sums = at::empty({splits, B, 1, H, W}, options);
+  at::Tensor maxima = at::empty({B, splits * chunks}, options);
+  if (B == 0) return {sums, maxima};
+  if (splits > 1) sums.narrow(0, 1, splits - 1).zero_();
+  if (splits * chunks > 1) maxima.narrow(1, 1, splits * chunks - 1).zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, activation.scalar_type(), "gradex::reduce_stage (cpu)", [&] {
-        float* s = S.mutable_data_ptr<float>();
-        float* m = M.mutable_data_ptr<float>();
+        float* s = sums.mutable_data_ptr<float>();
+        float* m = maxima.mutable_data_ptr<float>();
+        const int64_t m_stride = splits * chunks;
         switch (static_cast<Transform>(transform)) {
           case Transform::kRelu:
-            reduce_stage_kernel<scalar_t, Transform::kRelu>(activation, s, m);
+            reduce_stage_kernel<scalar_t, Transform::kRelu>(activation, s, m, m_stride);
             break;
           case Transform::kAbs:
-            reduce_stage_kernel<scalar_t, Transform::kAbs>(activation, s, m);
+            reduce_stage_kernel<scalar_t, Transform::kAbs>(activation, s, m, m_stride);
             break;
           default:
-            reduce_stage_kernel<scalar_t, Transform::kNone>(activation, s, m);
+            reduce_stage_kernel<scalar_t, Transform::kNone>(activation, s, m, m_stride);
         }
       });
-  return {S, M};
-}
-
-at::Tensor upsample_multiply_cpu(const at::Tensor& g_in, const at::Tensor& channel_sum_in,
-                                 const at::Tensor& sample_max_in) {
-  check_upsample_multiply_args(g_in, channel_sum_in, sample_max_in);
-  const at::Tensor g = g_in.contiguous();
-  const at::Tensor channel_sum = channel_sum_in.contiguous();
-  const at::Tensor sample_max = sample_max_in.contiguous();
-  const int64_t B = g.size(0), h = g.size(2), w = g.size(3);
-  const int64_t H = channel_sum.size(2), W = channel_sum.size(3);
-  at::Tensor out = at::empty({B, 1, H, W}, g.options());
-  if (B == 0) return out;
-
-  // Column taps are the same for every row and sample.
-  std::vector<BilinearTap> column_taps(W);
-  for (int64_t x = 0; x < W; ++x) column_taps[x] = bilinear_tap(x, w, W);
-
-  const float* gp = g.const_data_ptr<float>();
-  const float* sp = channel_sum.const_data_ptr<float>();
-  const float* mp = sample_max.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / W);
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / H, y = row % H;
-      float* o = op + row * W;
-      const float m = mp[b];
-      if (!stage_is_live(m)) {
-        std::fill(o, o + W, 0.f);
-        continue;
-      }
-      const BilinearTap ty = bilinear_tap(y, h, H);
-      const float* g_lo = gp + (b * h + ty.lo) * w;
-      const float* g_hi = gp + (b * h + ty.hi) * w;
-      const float* s = sp + row * W;
-      for (int64_t x = 0; x < W; ++x) {
-        const BilinearTap& tx = column_taps[x];
-        const float up = ty.w_lo * (tx.w_lo * g_lo[tx.lo] + tx.w_hi * g_lo[tx.hi]) +
-                         ty.w_hi * (tx.w_lo * g_hi[tx.lo] + tx.w_hi * g_hi[tx.hi]);
-        o[x] = up * s[x] / m;
-      }
-    }
-  });
-  return out;
-}
-
-at::Tensor normalize_maps_cpu(const at::Tensor& g_in) {
-  check_normalize_maps_args(g_in);
-  const at::Tensor g = g_in.contiguous();
-  const int64_t B = g.size(0), N = g.size(2) * g.size(3);
-  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
-  if (B == 0 || N == 0) return out;
-  const float* gp = g.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const float* x = gp + b * N;
-      float* o = op + b * N;
-      // Statistics in double: a 224×224 map summed in fp32 loses digits the clip then shows.
-      double sum = 0.0;
-      float lo = x[0], hi = x[0];
-      int nan_count = 0;
-#pragma omp simd reduction(+ : sum, nan_count) reduction(min : lo) reduction(max : hi)
-      for (int64_t i = 0; i < N; ++i) {
-        sum += x[i];
-        lo = x[i] < lo ? x[i] : lo;
-        hi = x[i] > hi ? x[i] : hi;
-        nan_count += x[i] != x[i];
-      }
-      // Constancy is decided on the map itself, as the reference does (a NaN map counts too).
-      if (nan_count > 0 || !(hi > lo) || N < 2) {
-        std::fill(o, o + N, 0.f);
-        continue;
-      }
-      const double mean = sum / static_cast<double>(N);
-      double squares = 0.0;
-#pragma omp simd reduction(+ : squares)
-      for (int64_t i = 0; i < N; ++i) squares += (x[i] - mean) * (x[i] - mean);
-      const float meanf = static_cast<float>(mean);
-      const float std = static_cast<float>(std::sqrt(squares / static_cast<double>(N - 1)));
-      const float z_lo = std::clamp((lo - meanf) / std, -1.f, 1.f);
-      const float z_hi = std::clamp((hi - meanf) / std, -1.f, 1.f);
-      const float span = z_hi - z_lo;
-      if (!(span > 0.f)) {
-        std::fill(o, o + N, 0.f);
-        continue;
-      }
-#pragma omp simd
-      for (int64_t i = 0; i < N; ++i) {
-        const float z = std::clamp((x[i] - meanf) / std, -1.f, 1.f);
-        o[i] = (z - z_lo) / span;
-      }
-    }
-  });
-  return out;
+  return {sums, maxima};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gradex, CPU, m) {
-  m.impl("reduce_stage", &reduce_stage_cpu);
-  m.impl("upsample_multiply", &upsample_multiply_cpu);
-  m.impl("normalize_maps", &normalize_maps_cpu);
-}
+TORCH_LIBRARY_IMPL(gradex, CPU, m) { m.impl("reduce_stage", &reduce_stage_cpu); }
 
 }  // namespace gradex
