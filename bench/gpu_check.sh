@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Everything a GPU session must check: build the extension with its CUDA kernels, run the GPU
-# tests, then the end-to-end benchmark (gradex vs inference vs the peers), the kernel benchmark
-# and the peak memory, writing results (with the card's name and versions) to $OUT.
+# Everything a GPU session must check: build the extension with its CUDA kernels, run every GPU
+# test (the fused kernels against the reference on every dtype and layout, CUDA-graph capture,
+# launches per explanation counted with the profiler, Triton compiled for the card, not
+# interpreted), then the end-to-end benchmark (gradex vs inference vs the peers), the kernel
+# benchmark (default and paper chains, per stage and whole, GB/s against the card's roofline,
+# kernel launches per GE) and the peak memory, writing results (with the card's name and
+# versions) to $OUT.
 #
 #   bench/fetch_device_wheels.sh                   # here, first: the wheels the device lacks
-#   OUT=... bench/gpu_check.sh                     # every step (about 9 minutes on an H100)
-#   bench/gpu_check.sh build tests e2e             # or in two calls on one warm machine:
-#   bench/gpu_check.sh build kernels memory        #   (build is quick when already done)
+#   OUT=... bench/gpu_check.sh                     # every step (over 10 minutes: split it)
+#   bench/gpu_check.sh build tests kernels         # or in two calls on one warm machine:
+#   bench/gpu_check.sh build e2e memory            #   (build is quick when already done)
 #
-# With the device tool: run(command="bench/gpu_check.sh build tests e2e", carry=[".whl"]).
-# $OUT defaults to bench/results. The tool returns at most 8 files: one log, e2e (3 files),
-# kernels (2), memory (2).
+# With the device tool: run(command="bench/gpu_check.sh build tests kernels", carry=[".whl"],
+# timeout_s=560). Triton compiles into a fresh cache ($TRITON_CACHE_DIR, a new temporary folder
+# unless set), so nothing compiled earlier stands in. $OUT defaults to bench/results. The tool
+# returns at most 8 files: one log, e2e (3 files), kernels (2), memory (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
@@ -39,12 +44,14 @@ if has build; then
 fi
 
 export TRITON_INTERPRET=0 GRADEX_EXPECT_KERNELS="CPU CUDA"
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$(mktemp -d)}"
+echo "TRITON_CACHE_DIR=$TRITON_CACHE_DIR"
 if has tests; then
   step "GPU tests (Triton compiled for the card, not interpreted)"
   # A failure is recorded and the timings still run: they are then not to be quoted.
-  timeout 200 "$PY" -m pytest -q -m needs_cuda tests/ \
+  timeout 330 "$PY" -m pytest -q -p no:cacheprovider -m needs_cuda tests/ \
     tests/test_kernel_registration.py::test_the_build_carries_the_kernels_ci_expects 2>&1 \
-    | tail -25 || echo "!! GPU tests FAILED (see above)"
+    | tail -40 || echo "!! GPU tests FAILED (see above)"
 fi
 
 if has e2e; then

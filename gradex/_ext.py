@@ -34,8 +34,10 @@ def load() -> tuple[bool, str]:
     return True, "gradex._C loaded"
 
 
+@functools.cache
 def has_kernel(device_type: str) -> bool:
-    """Whether the loaded extension carries kernels for ``device_type`` ('CPU' or 'CUDA')."""
+    """Whether the loaded extension carries kernels for ``device_type`` ('CPU' or 'CUDA'); asked
+    on every dispatch, and a fixed fact once the library is loaded, hence cached."""
     return load()[0] and torch._C._dispatch_has_kernel_for_dispatch_key(
         "gradex::reduce_stage", device_type
     )
@@ -47,7 +49,14 @@ def cpu_availability(device: torch.device | None = None) -> tuple[bool, str]:
         return False, reason
     if not has_kernel("CPU"):
         return False, f"gradex._C has no CPU kernels; rebuild with: {BUILD_COMMAND}"
-    return True, f"C++ kernels in gradex._C, {torch.get_num_threads()} threads"
+    return True, f"C++ kernels in gradex._C ({cpu_isa()}), {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels were chosen for, once per process: 'avx2' or
+    'baseline' (GRADEX_CPU_ISA=baseline forces the latter)."""
+    return torch.ops.gradex.cpu_isa()
 
 
 @functools.cache

@@ -393,7 +393,9 @@ def test_every_available_backend_gives_the_reference_map(name):
 def test_a_float64_model_is_explained_by_every_backend():
     # float64 passes the API's checks, so every backend must take it (the kernels read it and
     # sum in float32, as the reference does), with the default 'auto' first.
-    model = get("resnet18").double()
+    import copy
+
+    model = copy.deepcopy(get("resnet18")).double()  # get() shares its models between tests
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     expected = gradex.Explainer(model, backend="reference")(x)
     for backend, (available, _) in gradex.backends().items():

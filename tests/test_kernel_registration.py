@@ -173,3 +173,33 @@ def test_every_available_backend_refuses_bad_input_naming_the_argument(make, err
         with pytest.raises(error) as info:
             gradex.extrapolate(heatmap, acts, backend=name)
         assert words in str(info.value), name
+
+
+def test_the_cpu_kernels_of_every_instruction_set_match_the_reference():
+    # The CPU kernels are compiled twice (baseline and AVX2), one chosen per process; the rest of
+    # the suite runs the chosen one, this runs the kernel tests again with the other forced.
+    compiled_ops_or_skip()
+    if torch.ops.gradex.cpu_isa() == "baseline":
+        pytest.skip("this CPU runs the baseline kernels, which the rest of the suite tests")
+    here = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            os.path.join(here, "test_kernels.py"), os.path.join(here, "test_kernels_hypothesis.py"),
+            os.path.join(here, "test_degenerate.py"), "-k", "cpu and not triton",
+        ],
+        env={**os.environ, "GRADEX_CPU_ISA": "baseline"},
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+    probe = "import torch, gradex; gradex.backends(); print(torch.ops.gradex.cpu_isa())"
+    forced = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "GRADEX_CPU_ISA": "baseline"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert forced.stdout.strip() == "baseline"
