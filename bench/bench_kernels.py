@@ -328,7 +328,15 @@ def markdown(report: dict) -> str:
                 f"| {row['model']} | {row['layout']} | {row['option']} | {row['provider']} | "
                 f"{row['stages']} | {row['kernels']} | {row['memsets']} | {row['copies']} |"
             )
-    lines += ["", "## Stage reduction (S and M from one read of the activation)", ""]
+    lines += [
+        "",
+        "## Stage reduction (S and M from one read of the activation)",
+        "",
+        "Each row times one stage again and again: a stage that fits in the caches is read from "
+        "them, hence figures above 100 % of the memory roofline; the whole-GE rows above stream "
+        "every stage from memory.",
+        "",
+    ]
     lines.append(
         "| model | batch | dtype | layout | stage (B,C,H,W) | MB | "
         + " | ".join(f"{p} µs · GB/s · % roof" for p in providers)

@@ -389,6 +389,8 @@ def extrapolate_chain(
     out = torch.empty(batch, 1, height, width, dtype=torch.float32, device=heatmap.device)
     if batch == 0:
         return out
+    if batch >= 2**31:
+        raise ValueError(f"gradex_triton::extrapolate_chain: batch must be below 2^31, got {batch}")
     largest = max((s.shape[-2] * s.shape[-1] for s in sums), default=0)
     ny, nx = windows
     scratch = torch.empty(batch * (2 * largest + ny * nx), dtype=torch.float32, device=out.device)

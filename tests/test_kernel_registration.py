@@ -37,15 +37,19 @@ def sample_arguments(device):
     ]
     sums, maxima = [s.sums for s in stages], [s.maxima for s in stages]
     heatmap = torch.rand(2, 1, 3, 4, device=device)
+    reductions = [
+        (torch.rand(2, 6, 5, 7, device=device), 0, 1, 1),
+        (cl.half(), 1, 2, 3),
+        (torch.randn(3, 9, 4, 4, device=device)[:, ::2], 2, 1, 2),
+        (torch.rand(2, 4, 3, 3, device=device, dtype=torch.float64), 0, 1, 1),
+    ]
+    halves = [torch.stack([s[0] * 0.25, s[0] * 0.75]) for s in sums]  # S as two partial sums
+    spread = [torch.cat([m, m * 0.5], dim=1) for m in maxima]  # M as two partial maxima
     return {
-        "reduce_stage": [
-            (torch.rand(2, 6, 5, 7, device=device), 0, 1, 1),
-            (cl.half(), 1, 2, 3),
-            (torch.randn(3, 9, 4, 4, device=device)[:, ::2], 2, 1, 2),
-            (torch.rand(2, 4, 3, 3, device=device, dtype=torch.float64), 0, 1, 1),
-        ],
+        "reduce_stage": reductions,
         "extrapolate_chain": [
             (heatmap, sums, maxima, [2, 2], [9, 7], True, 1),
+            (heatmap, halves, spread, [2, 2], [9, 7], True, 1),
             (heatmap, sums, maxima, [2, 2], [20, 11], False, 2),
             (heatmap, [], [], [2, 2], [5, 5], True, 0),
         ],
@@ -80,9 +84,12 @@ def ge_function(backend):
     return explain
 
 
-def test_ops_trace_under_torch_compile_fullgraph():
-    compiled_ops_or_skip()
-    backend = ops.resolve_backend("cpu", torch.device("cpu"))
+@pytest.mark.parametrize("backend_name", ["cpu", "triton"])
+def test_ops_trace_under_torch_compile_fullgraph(backend_name):
+    available, reason = ops.backends()[backend_name]
+    if not available or "cpu" not in ops._REGISTRY[backend_name].devices:
+        pytest.skip(f"{backend_name} does not run on CPU tensors here: {reason}")
+    backend = ops.resolve_backend(backend_name, torch.device("cpu"))
     explain = ge_function(backend)
     args = (torch.rand(2, 1, 4, 4), torch.rand(2, 5, 16, 16), torch.randn(2, 7, 8, 8))
     compiled = torch.compile(explain, fullgraph=True, backend="aot_eager")

@@ -96,3 +96,25 @@ def test_import_touches_no_gpu():
         "import sys; sys.exit(1 if torch.cuda.is_initialized() else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_auto_skips_cuda_kernels_built_without_an_image_for_the_gpu(monkeypatch):
+    # A GPU whose architecture the build left out (a T4, sm_75, with the default 8.0;9.0+PTX)
+    # must fall back with a reason, not fail at the first launch with "no kernel image".
+    from gradex import _ext
+
+    if not _ext.has_kernel("CUDA"):
+        pytest.skip("gradex._C was built without CUDA kernels")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla T4")
+    monkeypatch.setattr(_ext, "_device_supported", lambda index: False)
+    monkeypatch.setattr(ops, "_WARNED_FALLBACK", set())
+    available, reason = _ext.cuda_availability(torch.device("cuda", 0))
+    assert not available
+    assert "Tesla T4 (compute capability 7.5)" in reason and 'TORCH_CUDA_ARCH_LIST="7.5"' in reason
+    assert ops.resolve_backend("auto", torch.device("cuda", 0)).name != "cuda"
+    with pytest.raises(RuntimeError, match="no kernel image for Tesla T4"):
+        ops.resolve_backend("cuda", torch.device("cuda", 0))
+    assert _ext.cuda_availability()[0]  # without a device: built and a GPU is visible
