@@ -74,7 +74,8 @@ def _toolkit_matches_torch(cuda_home: str, torch_cuda: str) -> bool:
     kernels with a warning instead."""
     version = _toolkit_version(cuda_home)
     if version is None:
-        _warn(f"could not read the CUDA version of {cuda_home}/bin/nvcc: building the CPU kernels only")
+        nvcc = os.path.join(cuda_home, "bin", "nvcc")
+        _warn(f"could not read the CUDA version of {nvcc}: building the CPU kernels only")
         return False
     if version.split(".")[0] != torch_cuda.split(".")[0]:
         _warn(

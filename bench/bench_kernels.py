@@ -297,28 +297,15 @@ def markdown(report: dict) -> str:
         "",
     ]
     columns = [(option, p) for option in OPTIONS for p in providers]
-    lines.append(
-        "| model | batch | dtype | layout | "
-        + " | ".join(f"{option}: {p}" for option, p in columns)
-        + " |"
-    )
-    lines.append("| --- " * (4 + len(columns)) + "|")
-    for row in report["wholes"]:
-        cells = " | ".join(
+    lines += _options_table(
+        report,
+        columns,
+        lambda row, o, p: (
             f"{row[f'{o}/{p}']['whole_ms']:.3f} ({row[f'{o}/{p}']['x_reference']:.2f}×)"
-            for o, p in columns
-        )
-        lines.append(f"| {_config_cells(row)} | {cells} |")
-    lines += ["", "## The chain alone, on reduced stages (ms)", ""]
-    lines.append(
-        "| model | batch | dtype | layout | "
-        + " | ".join(f"{option}: {p}" for option, p in columns)
-        + " |"
+        ),
     )
-    lines.append("| --- " * (4 + len(columns)) + "|")
-    for row in report["wholes"]:
-        cells = " | ".join(f"{row[f'{o}/{p}']['chain_ms']:.3f}" for o, p in columns)
-        lines.append(f"| {_config_cells(row)} | {cells} |")
+    lines += ["", "## The chain alone, on reduced stages (ms)", ""]
+    lines += _options_table(report, columns, lambda row, o, p: f"{row[f'{o}/{p}']['chain_ms']:.3f}")
     if report["launches"]:
         lines += ["", "## GPU activity of one whole GE (batch 1, fp32; profiler)", ""]
         lines.append("| model | layout | option | provider | stages | kernels | memsets | copies |")
@@ -351,6 +338,20 @@ def markdown(report: dict) -> str:
         shape = "×".join(map(str, row["shape"]))
         lines.append(f"| {_config_cells(row)} | {shape} | {row['MB']} | {cells} |")
     return "\n".join(lines)
+
+
+def _options_table(report: dict, columns, cell) -> list[str]:
+    """One row per configuration, one column per (option, provider): ``cell(row, o, p)``."""
+    lines = [
+        "| model | batch | dtype | layout | "
+        + " | ".join(f"{option}: {p}" for option, p in columns)
+        + " |",
+        "| --- " * (4 + len(columns)) + "|",
+    ]
+    for row in report["wholes"]:
+        cells = " | ".join(cell(row, o, p) for o, p in columns)
+        lines.append(f"| {_config_cells(row)} | {cells} |")
+    return lines
 
 
 def _config_cells(row) -> str:

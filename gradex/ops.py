@@ -67,8 +67,13 @@ register_backend(
 
 
 @functools.cache
-def _cuda_multiprocessors(index: int) -> int:
+def _multiprocessors_of(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _cuda_multiprocessors(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _multiprocessors_of(index)
 
 
 @dataclass(frozen=True)
@@ -120,9 +125,7 @@ class _FusedOps:
 
 
 def _compiled_multiprocessors(device: torch.device) -> int | None:
-    if device.type != "cuda":
-        return None
-    return _cuda_multiprocessors(device.index if device.index is not None else 0)
+    return _cuda_multiprocessors(device) if device.type == "cuda" else None
 
 
 _COMPILED = _FusedOps(lambda: torch.ops.gradex, _compiled_multiprocessors)
@@ -155,7 +158,7 @@ INTERPRETER_MULTIPROCESSORS = 4
 
 def _triton_multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
-        return _cuda_multiprocessors(device.index if device.index is not None else 0)
+        return _cuda_multiprocessors(device)
     return INTERPRETER_MULTIPROCESSORS
 
 

@@ -18,6 +18,7 @@ Importing this module imports triton; gradex imports it only when the backend is
 from __future__ import annotations
 
 import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -248,9 +249,8 @@ def _extrapolate_chain_kernel(
             gh = heights[k + 1]
             gw = widths[k + 1]
         dst = buffers + (k % 2) * largest
-        if k == 0:
-            if FINAL == 0:
-                dst = out
+        if k == 0 and FINAL == 0:  # both constexpr: decided when the kernel is compiled
+            dst = out
 
         # M from its partial maxima; a NaN anywhere marks the stage dead.
         top = tl.zeros([BLOCK], dtype=tl.float32)

@@ -84,9 +84,12 @@ def test_faint_but_real_maps_still_normalise(backend, device, dtype, options):
     }.items():
         out = extrapolate(backend, device, heatmap, acts, (28, 28), *options)
         assert out.amax().item() == 1.0 and out.amin().item() == 0.0, name
-        expected = reference.extrapolate(heatmap, acts, (28, 28), **dict(zip(
-            ("stage_weighting", "normalize"), options, strict=True
-        )))
+        expected = reference.extrapolate(
+            heatmap,
+            acts,
+            (28, 28),
+            **dict(zip(("stage_weighting", "normalize"), options, strict=True)),
+        )
         torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-4)
 
 

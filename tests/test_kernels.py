@@ -51,9 +51,7 @@ def backend_params(dtypes_on_cpu):
         if dtype in dtypes_on_cpu["cpu"]:
             params.append(pytest.param("cpu", "cpu", dtype, id=f"cpu-{_short(dtype)}"))
         if dtype in dtypes_on_cpu["triton"]:
-            params.append(
-                pytest.param("triton", "cpu", dtype, id=f"triton-interp-{_short(dtype)}")
-            )
+            params.append(pytest.param("triton", "cpu", dtype, id=f"triton-interp-{_short(dtype)}"))
         for backend in ("cuda", "triton"):
             params.append(
                 pytest.param(
@@ -154,7 +152,9 @@ PARTITIONS = [(1, 1), (3, 1), (1, 4), (5, 3), (40, 2), (1, 110)]
 @pytest.mark.parametrize("backend_name, device, dtype", FP32_BACKENDS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("partition", PARTITIONS, ids=str)
-def test_reduce_stage_partials_add_up_for_any_partition(backend_name, device, dtype, layout, partition):
+def test_reduce_stage_partials_add_up_for_any_partition(
+    backend_name, device, dtype, layout, partition
+):
     backend_or_skip(backend_name, device)
     namespace = torch.ops.gradex_triton if backend_name == "triton" else torch.ops.gradex
     splits, chunks = partition
@@ -296,7 +296,7 @@ def test_whole_chain_matches_reference(backend_name, device, dtype, layout, batc
 
 @pytest.mark.parametrize("backend_name, device, dtype", FP32_BACKENDS)
 def test_chains_longer_than_one_call_are_split(backend_name, device, dtype):
-    backend = backend_or_skip(backend_name, device)
+    backend_or_skip(backend_name, device)
     count = ops.MAX_STAGES_PER_CALL + 4
     sizes = [(40 - k, 33 - k) for k in range(count)]
     acts = random_stages(2, sizes, channels=(2, 3))

@@ -1,4 +1,4 @@
-"""Property-based: the C++ CPU kernels equal the reference on any shape, stride, dtype and option."""
+"""Property-based: the C++ CPU kernels equal the reference on any shape, stride, dtype, option."""
 
 import pytest
 import torch
@@ -63,9 +63,7 @@ def test_cpu_chain_equals_reference(b, heat, sizes, output, weighting, normalize
     sizes = sorted(sizes, reverse=True)  # shallow to deep
     generator = torch.Generator().manual_seed(seed)
     heatmap = torch.rand(b, 1, *heat, generator=generator)
-    stages = [
-        reference.reduce_stage(torch.rand(b, 3, h, w, generator=generator)) for h, w in sizes
-    ]
+    stages = [reference.reduce_stage(torch.rand(b, 3, h, w, generator=generator)) for h, w in sizes]
     backend = ops.resolve_backend("cpu", torch.device("cpu"))
     out = backend.chain(heatmap, stages, output, weighting, normalize)
     expected = reference.chain(heatmap, stages, output, weighting, normalize)

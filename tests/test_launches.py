@@ -114,7 +114,9 @@ def test_on_a_gpu_ge_is_one_launch_per_stage_plus_one(backend, options):
     acts = [a.cuda() for a in random_stages(1, stage_sizes())]
     heatmap = torch.rand(1, 1, 7, 7, device="cuda")
     kernels, memsets, copies = cuda_activity(
-        lambda: gradex.extrapolate(heatmap, acts, (224, 224), backend=backend, check=False, **options)
+        lambda: gradex.extrapolate(
+            heatmap, acts, (224, 224), backend=backend, check=False, **options
+        )
     )
     assert len(kernels) == len(acts) + 1, kernels
     assert not memsets and not copies, (memsets, copies)
