@@ -89,9 +89,85 @@ def cuda_availability(device: torch.device | None = None) -> tuple[bool, str]:
     return True, "CUDA kernels in gradex._C"
 
 
+# The ops' argument checks for the Triton ops (the compiled ones run csrc/gradex.cpp's), with the
+# same messages; the fakes run them too.
+REDUCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_reduce_stage_args(activation, transform, splits, chunks, op="reduce_stage") -> None:
+    torch._check(
+        activation.dim() == 4,
+        lambda: f"{op}: activation must be (B,C,H,W), got {activation.dim()} dims",
+    )
+    torch._check(
+        activation.dtype in REDUCE_DTYPES,
+        lambda: (
+            f"{op}: activation must be float32, float16, bfloat16 or float64, got "
+            f"{activation.dtype}"
+        ),
+    )
+    torch._check(
+        0 <= transform <= 2,
+        lambda: f"{op}: transform must be 0 (none), 1 (relu) or 2 (abs), got {transform}",
+    )
+    torch._check(
+        splits >= 1 and chunks >= 1,
+        lambda: f"{op}: splits and chunks must be >= 1, got {splits} and {chunks}",
+    )
+
+
+def check_chain_args(
+    heatmap, sums, maxima, windows, output_size, normalize, op="extrapolate_chain"
+):
+    torch._check(
+        heatmap.dim() == 4 and heatmap.shape[1] == 1 and heatmap.dtype == torch.float32,
+        lambda: (
+            f"{op}: heatmap must be a (B,1,h,w) float32 map, got {heatmap.dtype} "
+            f"{tuple(heatmap.shape)}"
+        ),
+    )
+    batch = heatmap.shape[0]
+    torch._check(
+        len(sums) == len(maxima),
+        lambda: (
+            f"{op}: sums and maxima must have one entry per stage, got {len(sums)} and "
+            f"{len(maxima)}"
+        ),
+    )
+    for k, (s, m) in enumerate(zip(sums, maxima, strict=True)):
+        torch._check(
+            s.dim() == 5 and s.shape[1] == batch and s.shape[2] == 1 and s.dtype == torch.float32,
+            lambda k=k, s=s: (
+                f"{op}: sums[{k}] must be (n,B,1,H,W) float32 with B={batch}, got "
+                f"{s.dtype} {tuple(s.shape)}"
+            ),
+        )
+        torch._check(
+            m.dim() == 2 and m.shape[0] == batch and m.dtype == torch.float32,
+            lambda k=k, m=m: (
+                f"{op}: maxima[{k}] must be (B,m) float32 with B={batch}, got "
+                f"{m.dtype} {tuple(m.shape)}"
+            ),
+        )
+    torch._check(
+        len(windows) == 2 and min(windows) >= 1,
+        lambda: f"{op}: windows must be two positive ints, got {list(windows)}",
+    )
+    torch._check(
+        len(output_size) == 2 and min(output_size) >= 1,
+        lambda: f"{op}: output_size must be two positive ints, got {list(output_size)}",
+    )
+    torch._check(
+        0 <= normalize <= 2,
+        lambda: (
+            f"{op}: normalize must be 0 (none), 1 (min-max) or 2 (standardize), got {normalize}"
+        ),
+    )
+
+
 # Fake (meta) implementations: output shapes and dtypes only, shared with the Triton ops.
 def reduce_stage_fake(activation, transform, splits, chunks):
-    torch._check(activation.dim() == 4, lambda: "activation must be (B,C,H,W)")
+    check_reduce_stage_args(activation, transform, splits, chunks)
     batch, _, height, width = activation.shape
     return (
         activation.new_empty((splits, batch, 1, height, width), dtype=torch.float32),
@@ -100,8 +176,7 @@ def reduce_stage_fake(activation, transform, splits, chunks):
 
 
 def extrapolate_chain_fake(heatmap, sums, maxima, windows, output_size, local, normalize):
-    torch._check(heatmap.dim() == 4, lambda: "heatmap must be (B,1,h,w)")
-    torch._check(len(sums) == len(maxima), lambda: "one entry of sums and maxima per stage")
+    check_chain_args(heatmap, sums, maxima, windows, output_size, normalize)
     return heatmap.new_empty((heatmap.shape[0], 1, *output_size), dtype=torch.float32)
 
 

@@ -24,7 +24,12 @@ import triton
 import triton.language as tl
 
 from . import reference
-from ._ext import extrapolate_chain_fake, reduce_stage_fake
+from ._ext import (
+    check_chain_args,
+    check_reduce_stage_args,
+    extrapolate_chain_fake,
+    reduce_stage_fake,
+)
 
 # gradex.reference's constants, as the kernels read them.
 CONSTANT_RTOL: tl.constexpr = tl.constexpr(reference.CONSTANT_RTOL)
@@ -113,6 +118,7 @@ def _reduce_stage_kernel(
 def reduce_stage(
     activation: torch.Tensor, transform: int, splits: int, chunks: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_reduce_stage_args(activation, transform, splits, chunks, "gradex_triton::reduce_stage")
     batch, channels, height, width = activation.shape
     positions = height * width
     options = {"dtype": torch.float32, "device": activation.device}
@@ -381,6 +387,9 @@ def extrapolate_chain(
     local: bool,
     normalize: int,
 ) -> torch.Tensor:
+    check_chain_args(
+        heatmap, sums, maxima, windows, output_size, normalize, "gradex_triton::extrapolate_chain"
+    )
     heatmap = heatmap.contiguous()
     sums = [s.contiguous() for s in sums]
     maxima = [m.contiguous() for m in maxima]

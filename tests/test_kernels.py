@@ -340,9 +340,10 @@ def test_resize_semantics_match_torch_interpolate_exactly(backend_name, device, 
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
 
 
-def test_compiled_ops_refuse_bad_arguments_naming_them():
-    backend_or_skip("cpu", "cpu")
-    op = torch.ops.gradex
+@pytest.mark.parametrize("backend_name", ["cpu", "triton"])
+def test_fused_ops_refuse_bad_arguments_naming_them(backend_name):
+    backend_or_skip(backend_name, "cpu")
+    op = torch.ops.gradex_triton if backend_name == "triton" else torch.ops.gradex
     with pytest.raises(RuntimeError, match="activation must be float32, float16, bfloat16 or"):
         op.reduce_stage(torch.ones(1, 2, 3, 3, dtype=torch.int32), 0, 1, 1)
     with pytest.raises(RuntimeError, match=r"activation must be \(B,C,H,W\)"):
