@@ -59,6 +59,11 @@ def cpu_isa() -> str:
     return torch.ops.gradex.cpu_isa()
 
 
+def cuda_index(device: torch.device) -> int:
+    """The GPU a CUDA device means: its index, or the current one for a bare 'cuda'."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.cache
 def _device_supported(index: int) -> bool:
     return bool(torch.ops.gradex.cuda_device_supported(index))
@@ -78,7 +83,7 @@ def cuda_availability(device: torch.device | None = None) -> tuple[bool, str]:
     if not torch.cuda.is_available():  # asks the driver; creates no CUDA context
         return False, "CUDA kernels are built, but no CUDA device is visible"
     if device is not None and device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        index = cuda_index(device)
         if not _device_supported(index):
             major, minor = torch.cuda.get_device_capability(index)
             return False, (

@@ -72,8 +72,7 @@ def _multiprocessors_of(index: int) -> int:
 
 
 def _cuda_multiprocessors(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _multiprocessors_of(index)
+    return _multiprocessors_of(_ext.cuda_index(device))
 
 
 @dataclass(frozen=True)
@@ -243,9 +242,8 @@ def extrapolate_reduced(
     normalize: str | bool | None = "minmax",
     stage_weighting: str = "local",
 ) -> torch.Tensor:
-    """The chain on stages that are already reduced (the Explainer reduces them in its hooks)."""
-    normalize = check_normalize(normalize)
-    check_stage_weighting(stage_weighting)
+    """The chain on stages that are already reduced (the Explainer reduces them in its hooks);
+    every backend's chain checks the option names."""
     return backend.chain(heatmap, stages, output_size, stage_weighting, normalize)
 
 
