@@ -38,8 +38,12 @@ if has build; then
   else
     INSTALL=()
   fi
-  MAX_JOBS="${MAX_JOBS:-16}" "$PY" -m pip install -q --no-build-isolation "${INSTALL[@]}" -e ".[test]" \
-    > /tmp/gpu_build.log 2>&1 || { tail -40 /tmp/gpu_build.log; exit 1; }
+  if [ -z "${GRADEX_REBUILD:-}" ] && "$PY" -c "import gradex._C" 2>/dev/null; then
+    echo "gradex is already built on this machine (a warm one): set GRADEX_REBUILD=1 to rebuild"
+  else
+    MAX_JOBS="${MAX_JOBS:-16}" "$PY" -m pip install -q --no-build-isolation "${INSTALL[@]}" \
+      -e ".[test]" > /tmp/gpu_build.log 2>&1 || { tail -40 /tmp/gpu_build.log; exit 1; }
+  fi
   "$PY" -m gradex.info
 fi
 
@@ -49,24 +53,31 @@ echo "TRITON_CACHE_DIR=$TRITON_CACHE_DIR"
 if has tests; then
   step "GPU tests (Triton compiled for the card, not interpreted)"
   # A failure is recorded and the timings still run: they are then not to be quoted.
-  timeout 330 "$PY" -m pytest -q -p no:cacheprovider -m needs_cuda tests/ \
-    tests/test_kernel_registration.py::test_the_build_carries_the_kernels_ci_expects 2>&1 \
-    | tail -40 || echo "!! GPU tests FAILED (see above)"
+  # pytest-xdist, where installed, spreads the tests (and their Triton compiles) over the cores;
+  # the whole log goes to $OUT, its tail to this log.
+  PARALLEL=(); "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
+  timeout "${GPU_TESTS_TIMEOUT_S:-330}" "$PY" -m pytest -q -rfE -p no:cacheprovider "${PARALLEL[@]}" \
+    -m needs_cuda tests/ \
+    tests/test_kernel_registration.py::test_the_build_carries_the_kernels_ci_expects \
+    > "$OUT/gpu_tests_log.txt" 2>&1 || echo "!! GPU tests FAILED (see $OUT/gpu_tests_log.txt)"
+  tail -60 "$OUT/gpu_tests_log.txt"
 fi
 
 if has e2e; then
   step "end-to-end benchmark: inference, gradex, peers"
-  timeout 300 "$PY" bench/bench_e2e.py --device cuda --reps 30 --budget-s 2 --out "$OUT" \
+  timeout "${E2E_TIMEOUT_S:-300}" "$PY" bench/bench_e2e.py --device cuda --reps "${E2E_REPS:-30}" --budget-s 2 --out "$OUT" \
     || echo "!! e2e benchmark failed or a peer disagreed (see above)"
 fi
 
 if has kernels; then
   step "kernel benchmark"
-  timeout 200 "$PY" bench/bench_kernels.py --device cuda --out "$OUT"
+  timeout 200 "$PY" bench/bench_kernels.py --device cuda --out "$OUT" \
+    || echo "!! kernel benchmark failed (see above)"
 fi
 
 if has memory; then
   step "peak memory"
-  timeout 60 "$PY" bench/bench_memory.py --device cuda --model resnet50 --batch 64 --out "$OUT"
+  timeout 60 "$PY" bench/bench_memory.py --device cuda --model resnet50 --batch 64 --out "$OUT" \
+    || echo "!! memory benchmark failed (see above)"
 fi
 step "done"
