@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #ifdef __CUDACC__
 #define GRADEX_HOST_DEVICE __host__ __device__ __forceinline__
@@ -74,6 +75,50 @@ GRADEX_HOST_DEVICE int64_t pool_end(int64_t i, int64_t in_size, int64_t out_size
 // map there instead of dividing by it.
 GRADEX_HOST_DEVICE bool stage_is_live(float sample_max) {
   return sample_max > 0.f && sample_max <= 3.402823466e38f;  // false for NaN and +Inf
+}
+
+// The largest finite magnitude seen so far, updated with v (NaN and Inf are skipped).
+GRADEX_HOST_DEVICE float finite_magnitude(float largest, float v) {
+  const float m = fabsf(v);
+  return m <= 3.402823466e38f && m > largest ? m : largest;
+}
+
+// Overflow: the chain works on the heatmap and on each live stage scaled by a power of two that
+// brings its largest magnitude near 1 (gradex.reference.pow2_shift says why: GE is scale-free,
+// float32 is not, and a power of two changes no rounding).
+GRADEX_HOST_DEVICE int pow2_shift(float magnitude) {
+#ifdef __CUDA_ARCH__
+  const int bits = __float_as_int(magnitude);
+#else
+  int bits;
+  std::memcpy(&bits, &magnitude, sizeof bits);
+#endif
+  const int shift = 127 - ((bits >> 23) & 0xff);
+  return shift < -126 ? -126 : (shift > 127 ? 127 : shift);
+}
+
+// 2^shift, exactly, for shift in [-126, 127].
+GRADEX_HOST_DEVICE float pow2(int shift) {
+  const int bits = (shift + 127) << 23;
+#ifdef __CUDA_ARCH__
+  return __int_as_float(bits);
+#else
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+#endif
+}
+
+// v * 2^-shift in two exact steps (2^-127 is not a normal float); the raw map gets the heatmap's
+// scale back this way.
+GRADEX_HOST_DEVICE float unscale(float v, int shift) {
+  const int half = -shift / 2;  // truncates, as the reference's rounding_mode="trunc"
+  return v * pow2(half) * pow2(-shift - half);
+}
+
+// The shift of a stage: from its M where it is live, 0 (scale 1) where it is dead.
+GRADEX_HOST_DEVICE int stage_shift(float sample_max) {
+  return stage_is_live(sample_max) ? pow2_shift(sample_max) : 0;
 }
 
 // Does a map spanning [lo, hi] vary by more than the rounding of the chain? False for NaN and

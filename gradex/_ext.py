@@ -188,3 +188,6 @@ def extrapolate_chain_fake(heatmap, sums, maxima, windows, output_size, local, n
 def _register_fakes() -> None:
     torch.library.register_fake("gradex::reduce_stage", reduce_stage_fake)
     torch.library.register_fake("gradex::extrapolate_chain", extrapolate_chain_fake)
+    from . import chain_autograd  # imports reference, which must not load at import of _ext
+
+    chain_autograd.register("gradex::extrapolate_chain")

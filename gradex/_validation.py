@@ -6,12 +6,18 @@ says what was expected, so that bad input never turns into a silent wrong map or
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 STAGE_TRANSFORMS = (None, "relu", "abs")
+FLOAT32_MAX = torch.finfo(torch.float32).max
+# The largest side of a map gradex makes: a 16384² float32 map is 1 GiB per sample already.
+# Larger sizes were a typo or a runaway allocation (100000² asked the allocator for 40 GB per
+# sample); resize the result yourself if you really mean it.
+MAX_OUTPUT_SIDE = 16384
 
 
 def check_float_tensor(value, name: str) -> torch.Tensor:
@@ -24,6 +30,11 @@ def check_float_tensor(value, name: str) -> torch.Tensor:
         )
     if value.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(value.shape)})")
+    if value.device.type == "meta":
+        raise ValueError(
+            f"{name} is a meta tensor (a shape without values); gradex maps values: pass a "
+            "tensor on a real device (cpu or cuda)"
+        )
     return value
 
 
@@ -99,7 +110,21 @@ def check_activations(
                     "the map. Pass a post-activation (non-negative) tensor, or transform='relu' "
                     "or transform='abs'"
                 )
+            check_channel_sum_fits(a, float(low), float(high), transform, name)
     return list(activations)
+
+
+def check_channel_sum_fits(a: torch.Tensor, low: float, high: float, transform, name: str):
+    """The channel sum S is accumulated in float32: refuse a stage whose values are so large that
+    it can overflow (C times the largest kept value beyond float32's range), rather than let an
+    Inf S zero the map. GE does not depend on a stage's scale, so rescaling it is always safe."""
+    largest = max(abs(low), abs(high)) if transform == "abs" else max(high, 0.0)
+    if largest * a.shape[1] > FLOAT32_MAX:
+        raise ValueError(
+            f"{name} is too large for its channel sum to fit float32: {a.shape[1]} channels of "
+            f"values up to {largest:.4g} can sum past {FLOAT32_MAX:.4g}. Gradual Extrapolation "
+            "does not depend on a stage's scale: divide the activation by a constant first"
+        )
 
 
 NORMALIZATIONS = ("minmax", "standardize")
@@ -134,22 +159,34 @@ def check_extrapolate_args(heatmap, activations, output_size, transform=None, ch
     return heatmap, activations, as_output_size(output_size)
 
 
+def _is_int(value) -> bool:
+    """A Python or numpy integer (numbers.Integral); never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def as_output_size(output_size) -> tuple[int, int] | None:
     if output_size is None:
         return None
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
+    if _is_int(output_size):
         output_size = (output_size, output_size)
     if (
         not isinstance(output_size, (tuple, list, torch.Size))
         or len(output_size) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in output_size)
-        or min(output_size) < 1
+        or not all(_is_int(v) for v in output_size)
+        or min(int(v) for v in output_size) < 1
     ):
         raise ValueError(
             f"output_size must be None, a positive int or a pair of positive ints, "
             f"got {output_size!r}"
         )
-    return (int(output_size[0]), int(output_size[1]))
+    size = (int(output_size[0]), int(output_size[1]))
+    if max(size) > MAX_OUTPUT_SIDE:
+        raise ValueError(
+            f"output_size {size} is larger than gradex makes maps (at most {MAX_OUTPUT_SIDE} "
+            "per side: a float32 map of that size is 1 GiB per sample); resize the result "
+            "yourself if you need more"
+        )
+    return size
 
 
 def check_image_batch(x) -> torch.Tensor:

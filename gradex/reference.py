@@ -196,6 +196,50 @@ def minmax_maps(g: torch.Tensor) -> torch.Tensor:
 NORMALIZERS = {"minmax": minmax_maps, "standardize": normalize_maps}
 
 
+# Overflow. GE does not depend on the scale of the heatmap or of any stage (each stage enters as
+# S/M or S over its local mean, and the normalisations are scale-free), but float32 does: a
+# 3e38 heatmap pixel times a channel sum, or g*S before the division by M, overflowed to Inf and
+# turned a finite input into a NaN or all-zero map. So the chain works on copies scaled by a
+# power of two, chosen per sample from the heatmap's largest finite magnitude and from each live
+# stage's M, that brings each near 1. A power of two scales every product, sum and quotient of
+# the chain exactly (subnormals aside), so on ordinary inputs nothing changes by a bit; the raw
+# map (normalize=None) gets the heatmap's scale back at the end.
+def pow2_shift(magnitude: torch.Tensor) -> torch.Tensor:
+    """Per value: s (int32, in [-126, 127]) such that magnitude * 2^s lies in [1, 2) where it
+    can (a non-negative float32; 0 and subnormals get 127, the top exponents -126).
+
+    Read from the float's exponent bits, as the kernels do (gradex/csrc/stage_ops.h)."""
+    biased = (magnitude.float().contiguous().view(torch.int32) >> 23) & 0xFF
+    return (127 - biased).clamp(-126, 127)
+
+
+def pow2(shift: torch.Tensor) -> torch.Tensor:
+    """2^shift as float32, exactly, for int32 shifts in [-126, 127]."""
+    return ((shift.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def unscale(g: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """g * 2^-shift, per sample, in two exact steps (2^-127 itself is not a normal float)."""
+    half = torch.div(-shift, 2, rounding_mode="trunc")
+    view = (-1,) + (1,) * (g.dim() - 1)
+    return g * pow2(half).view(view) * pow2(-shift - half).view(view)
+
+
+def heatmap_shift(heatmap: torch.Tensor) -> torch.Tensor:
+    """Per sample: the shift of the heatmap's largest finite magnitude."""
+    finite = torch.where(torch.isfinite(heatmap), heatmap.abs(), torch.zeros_like(heatmap))
+    return pow2_shift(finite.float().amax(dim=(1, 2, 3)))
+
+
+def stage_shift(sample_max: torch.Tensor) -> torch.Tensor:
+    """Per sample: the shift of a live stage's M; 0 (scale 1) on a dead one."""
+    return torch.where(
+        stage_is_live(sample_max),
+        pow2_shift(sample_max.clamp_min(0)),
+        torch.zeros_like(sample_max, dtype=torch.int32),
+    )
+
+
 def chain(
     heatmap: torch.Tensor,
     stages: Sequence[Stage],
@@ -207,17 +251,45 @@ def chain(
     ``output_size`` and normalise it: everything GE does after the reductions."""
     local = check_stage_weighting(stage_weighting) == "local"
     normalize = check_normalize(normalize)
-    windows = local_windows(heatmap.shape[-2:])
+    return chain_op(
+        heatmap,
+        [stage.sums for stage in stages],
+        [stage.maxima for stage in stages],
+        local_windows(heatmap.shape[-2:]),
+        output_size,
+        local,
+        normalize,
+    )
+
+
+def chain_op(
+    heatmap: torch.Tensor,
+    sums: Sequence[torch.Tensor],
+    maxima: Sequence[torch.Tensor],
+    windows: Sequence[int],
+    output_size: Sequence[int] | None,
+    local: bool,
+    normalize: str | None,
+) -> torch.Tensor:
+    """The reference of the fused ``extrapolate_chain`` ops, with their arguments: a (B,1,h,w)
+    heatmap, each stage's partial sums and maxima, the local weighting's windows (those of the
+    real heatmap, which a chain split over several calls keeps). Differentiable in ``heatmap``:
+    the fused ops' backward runs through it."""
     g = heatmap.float()
-    for stage in reversed(stages):
+    shift = heatmap_shift(g)
+    g = g * pow2(shift).view(-1, 1, 1, 1)
+    for stage in reversed([Stage(s, m) for s, m in zip(sums, maxima, strict=True)]):
         channel_sum, sample_max = stage.channel_sum(), stage.sample_max()
+        scale = pow2(stage_shift(sample_max))
+        channel_sum = channel_sum * scale.view(-1, 1, 1, 1)
+        sample_max = sample_max * scale
         if local:
-            channel_sum, sample_max = local_weighting(channel_sum, sample_max, windows)
+            channel_sum, sample_max = local_weighting(channel_sum, sample_max, tuple(windows))
         g = upsample_multiply(g, channel_sum, sample_max)
     if output_size is not None and tuple(g.shape[-2:]) != tuple(output_size):
-        g = F.interpolate(g, size=output_size, mode="bilinear", align_corners=False)
-    if normalize is not None:
-        g = NORMALIZERS[normalize](g)
+        g = F.interpolate(g, size=tuple(output_size), mode="bilinear", align_corners=False)
+    # The raw map gets the heatmap's scale back; the normalisations do not depend on it.
+    g = unscale(g, shift) if normalize is None else NORMALIZERS[normalize](g)
     return g.contiguous()
 
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from . import chain_autograd, reference
 from ._ext import (
     check_chain_args,
     check_reduce_stage_args,
@@ -200,6 +200,19 @@ def _bilinear(src, src_h, src_w, y, x, out_h, out_w, mask):
 
 
 @triton.jit
+def _pow2_shift(magnitude):
+    # gradex.reference.pow2_shift: from the exponent bits of a non-negative float32.
+    biased = (magnitude.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    return tl.minimum(tl.maximum(127 - biased, -126), 127)
+
+
+@triton.jit
+def _pow2(shift):
+    # 2^shift, exactly, for shift in [-126, 127].
+    return ((shift + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _channel_sum(sums, parts, B, P, b, p, mask):
     # S at positions p of sample b: the partial sums added.
     s = tl.load(sums + b * P + p, mask=mask, other=0.0)
@@ -242,6 +255,16 @@ def _extrapolate_chain_kernel(
     out = out_ptr + b * Ho * Wo
     offsets = tl.arange(0, BLOCK).to(tl.int64)
 
+    # The heatmap is read times a power of two that brings its largest finite magnitude near 1
+    # (gradex.reference.pow2_shift: overflow); the raw map gets it back at the end.
+    h_magnitude = tl.zeros([BLOCK], dtype=tl.float32)
+    for i0 in range(0, h0 * w0, BLOCK):
+        i = i0 + offsets
+        v = tl.abs(tl.load(heatmap + b * h0 * w0 + i, mask=i < h0 * w0, other=0.0))
+        h_magnitude = tl.maximum(h_magnitude, tl.where(v <= FLOAT_MAX, v, 0.0))  # NaN, Inf: skip
+    g_shift = _pow2_shift(tl.max(h_magnitude, axis=0))
+    g_scale = _pow2(g_shift)
+
     for k in tl.static_range(K - 1, -1, -1):  # deepest first
         H = heights[k]
         W = widths[k]
@@ -268,6 +291,8 @@ def _extrapolate_chain_kernel(
             top = tl.maximum(top, tl.where(v != v, 0.0, v))
         sample_max = tl.max(top, axis=0)
         live = (tl.sum(nans, axis=0) == 0) & (sample_max > 0.0) & (sample_max <= FLOAT_MAX)
+        # S and M times a power of two from M (overflow); 1 on a dead stage.
+        scale = tl.where(live, _pow2(_pow2_shift(sample_max)), 1.0)
 
         floor = 0.0
         if LOCAL:
@@ -289,7 +314,7 @@ def _extrapolate_chain_kernel(
                     p = (y0 + i // width) * W + x0 + i % width
                     s = _channel_sum(sums[k], parts[k], B, P, b, p, mask)
                     acc += tl.where(mask, s, 0.0).to(tl.float64)
-                mean = (tl.sum(acc, axis=0) / tl.cast(count, tl.float64)).to(tl.float32)
+                mean = (tl.sum(acc, axis=0) / tl.cast(count, tl.float64)).to(tl.float32) * scale
                 tl.store(pooled + w, mean)
                 largest_mean = tl.maximum(largest_mean, mean)
             floor = tl.maximum(tl.max(largest_mean, axis=0) * LOCAL_FLOOR, MIN_FLOOR)
@@ -300,13 +325,16 @@ def _extrapolate_chain_kernel(
             mask = p < P
             y = p // W
             x = p % W
-            s = _channel_sum(sums[k], parts[k], B, P, b, p, mask)
+            s = _channel_sum(sums[k], parts[k], B, P, b, p, mask) * scale
             if LOCAL:
                 local_mean = _bilinear(pooled, ny, nx, y, x, H, W, mask)
                 s = tl.div_rn(s, local_mean + floor)
-            value = _bilinear(g, gh, gw, y, x, H, W, mask) * s
+            gv = _bilinear(g, gh, gw, y, x, H, W, mask)
+            if k == K - 1:
+                gv = gv * g_scale
+            value = gv * s
             if not LOCAL:  # the local weighting divides by 1: M's scale no longer matters
-                value = tl.div_rn(value, tl.where(live, sample_max, 1.0))
+                value = tl.div_rn(value, tl.where(live, sample_max * scale, 1.0))
             tl.store(dst + p, tl.where(live, value, 0.0), mask=mask)
         tl.debug_barrier()
 
@@ -331,9 +359,15 @@ def _extrapolate_chain_kernel(
             v = tl.load(out + i, mask=mask, other=0.0)
         elif FINAL == 1:
             v = tl.load(g + i, mask=mask, other=0.0)
-            tl.store(out + i, v, mask=mask)
         else:
             v = _bilinear(g, gh, gw, i // Wo, i % Wo, Ho, Wo, mask)
+        if K == 0:  # no stage applied the heatmap's scale
+            v = v * g_scale
+        if NORMALIZE == 0:  # the raw map: the heatmap's scale back, in two exact steps
+            # half = trunc(-g_shift / 2), with shifts of non-negative ints only
+            half = tl.where(g_shift >= 0, -(g_shift >> 1), (-g_shift) >> 1)
+            v = v * _pow2(half) * _pow2(-g_shift - half)
+        if FINAL != 0 or K == 0 or NORMALIZE == 0:
             tl.store(out + i, v, mask=mask)
         lo = tl.minimum(lo, tl.where(mask, v, float("inf")))
         hi = tl.maximum(hi, tl.where(mask, v, float("-inf")))
@@ -439,3 +473,4 @@ def extrapolate_chain(
 
 
 extrapolate_chain.register_fake(extrapolate_chain_fake)
+chain_autograd.register("gradex_triton::extrapolate_chain")

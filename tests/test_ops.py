@@ -118,3 +118,34 @@ def test_auto_skips_cuda_kernels_built_without_an_image_for_the_gpu(monkeypatch)
     with pytest.raises(RuntimeError, match="no kernel image for Tesla T4"):
         ops.resolve_backend("cuda", torch.device("cuda", 0))
     assert _ext.cuda_availability()[0]  # without a device: built and a GPU is visible
+
+
+def test_meta_tensors_are_refused_by_name():
+    # D14: was "Tensor.item() cannot be called on meta tensors".
+    heatmap, acts = torch.rand(1, 1, 7, 7), [torch.rand(1, 4, 28, 28)]
+    with pytest.raises(ValueError, match="heatmap is a meta tensor"):
+        gradex.extrapolate(heatmap.to("meta"), [a.to("meta") for a in acts])
+    with pytest.raises(ValueError, match=r"activations\[0\] is a meta tensor"):
+        gradex.extrapolate(heatmap, [acts[0].to("meta")])
+
+
+def test_numpy_integers_are_output_sizes():
+    # D15: numpy integers were refused.
+    import numpy as np
+
+    heatmap, acts = torch.rand(1, 1, 7, 7), [torch.rand(1, 4, 28, 28)]
+    expected = gradex.extrapolate(heatmap, acts, output_size=56)
+    for size in (np.int64(56), np.int32(56), (np.int16(56), 56), [np.uint8(56), np.int64(56)]):
+        assert torch.equal(gradex.extrapolate(heatmap, acts, output_size=size), expected)
+    for bad in (np.float32(56), np.bool_(True), True, (56, 56.0), (0, 5), -3):
+        with pytest.raises(ValueError, match="output_size must be"):
+            gradex.extrapolate(heatmap, acts, output_size=bad)
+
+
+def test_output_size_is_bounded_before_any_allocation():
+    # D18: 30000² used 11 GB, 100000² ended in a raw allocator error.
+    heatmap, acts = torch.rand(1, 1, 7, 7), [torch.rand(1, 4, 28, 28)]
+    for size in (100000, (30000, 30000), (16385, 8)):
+        with pytest.raises(ValueError, match="larger than gradex makes maps"):
+            gradex.extrapolate(heatmap, acts, output_size=size)
+    assert gradex.extrapolate(heatmap, acts, output_size=(16384, 3)).shape == (1, 1, 16384, 3)

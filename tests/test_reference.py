@@ -230,7 +230,7 @@ BAD_INPUTS = [
     (lambda h, a: (h, [a[0][:, 0]]), ValueError, "activations[0] must have shape"),
     (lambda h, a: (h, [a[0], a[1][:1]]), ValueError, "activations[1] has batch size 1"),
     (lambda h, a: (h, a[::-1]), ValueError, "ordered shallow to deep"),
-    (lambda h, a: (h, [a[0].to("meta")]), ValueError, "activations[0] is on meta"),
+    (lambda h, a: (h, [a[0].to("meta")]), ValueError, "activations[0] is a meta tensor"),
     (lambda h, a: (h.long(), a), TypeError, "heatmap must be a floating tensor"),
     (lambda h, a: (h, [a[0].to(torch.int32)]), TypeError, "activations[0] must be a floating"),
     (lambda h, a: (h, [a[0].to(torch.complex64)]), TypeError, "must be a floating"),

@@ -136,9 +136,10 @@ inline void blend_rows(const float* a, const float* b, float w_lo, float w_hi, i
 int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)); }
 
 // 'local' weighting: each window's mean of S (summed in double: exact for a constant S, whatever
-// the order), and the floor, for samples first..first+count-1. `pooled` is (count, ny, nx).
+// the order), times the stage's scale, and the floor, for samples first..first+count-1. `pooled`
+// is (count, ny, nx).
 void window_means(const StageView& s, int64_t B, int64_t first, int64_t count, int64_t ny,
-                  int64_t nx, float* pooled, float* floors) {
+                  int64_t nx, const float* scales, float* pooled, float* floors) {
   at::parallel_for(0, count * ny, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(s.W);
     std::vector<double> sums(nx);
@@ -158,7 +159,9 @@ void window_means(const StageView& s, int64_t B, int64_t first, int64_t count, i
       }
       for (int64_t wx = 0; wx < nx; ++wx) {
         const int64_t cells = (y1 - y0) * (pool_end(wx, s.W, nx) - pool_begin(wx, s.W, nx));
-        pooled[task * nx + wx] = static_cast<float>(sums[wx] / static_cast<double>(cells));
+        // The mean of the scaled S, exactly: scaling by a power of two commutes with the sum.
+        pooled[task * nx + wx] =
+            static_cast<float>(sums[wx] / static_cast<double>(cells)) * scales[task / ny];
       }
     }
   });
@@ -169,14 +172,17 @@ void window_means(const StageView& s, int64_t B, int64_t first, int64_t count, i
   }
 }
 
-// One GE step for samples first..first+count-1: dst = bilinear(g) × S / weight, or
-// × S / (local mean + floor). g, dst and the per-sample arrays start at sample `first`.
+// One GE step for samples first..first+count-1: dst = bilinear(g) × g_scale × S' / weight, or
+// × S' / (local mean + floor), S' = S × scale. g, dst and the per-sample arrays start at sample
+// `first`.
 struct StepArgs {
   const StageView& stage;
   int64_t B, first, count;
   const float* g;
   int64_t gh, gw;
-  const float* weights;  // per sample: 0 for a dead stage, else M (global) or 1 (local)
+  const float* g_scales;  // per sample: the heatmap's scale on the first step, or nullptr
+  const float* scales;    // per sample: the stage's scale (1 on a dead stage)
+  const float* weights;   // per sample: 0 for a dead stage, else M × scale (global) or 1 (local)
   const float* pooled;   // (count, ny, nx) window means, or nullptr (global weighting)
   const float* floors;
   int64_t ny, nx;
@@ -204,7 +210,13 @@ void step(const StepArgs& a) {
       const float* g = a.g + i * a.gh * a.gw;
       blend_rows(g_rows.get(i * a.gh + ty.lo, g + ty.lo * a.gw),
                  g_rows.get(i * a.gh + ty.hi, g + ty.hi * a.gw), ty.w_lo, ty.w_hi, W, up.data());
+      if (a.g_scales != nullptr) {
+        const float gs = a.g_scales[i];
+#pragma omp simd
+        for (int64_t x = 0; x < W; ++x) up[x] *= gs;
+      }
       const float* u = up.data();
+      const float ss = a.scales[i];
       if (a.pooled != nullptr) {
         const BilinearTap py = bilinear_tap(y, a.ny, H);
         const float* p = a.pooled + i * a.ny * a.nx;
@@ -214,10 +226,10 @@ void step(const StepArgs& a) {
         const float floor = a.floors[i];
         const float* lm = local_mean.data();
 #pragma omp simd
-        for (int64_t x = 0; x < W; ++x) o[x] = u[x] * (channel_sum[x] / (lm[x] + floor));
+        for (int64_t x = 0; x < W; ++x) o[x] = u[x] * ((channel_sum[x] * ss) / (lm[x] + floor));
       } else {
 #pragma omp simd
-        for (int64_t x = 0; x < W; ++x) o[x] = u[x] * channel_sum[x] / weight;
+        for (int64_t x = 0; x < W; ++x) o[x] = u[x] * (channel_sum[x] * ss) / weight;
       }
     }
   });
@@ -298,22 +310,37 @@ void run_chain(const ChainInputs& in, int64_t first, int64_t count) {
   std::vector<float> buffers[2] = {std::vector<float>(count * in.largest),
                                    std::vector<float>(count * in.largest)};
   std::vector<float> pooled(in.local ? count * in.ny * in.nx : 0), floors(count), weights(count);
+  std::vector<float> scales(count);
 
   // The map so far: the heatmap, then each stage's result (the shallowest goes straight into
-  // `out` when no resize follows).
+  // `out` when no resize follows). The heatmap is read times its scale (pow2_shift).
   const float* g = in.heatmap + first * in.h0 * in.w0;
   int64_t gh = in.h0, gw = in.w0;
+  std::vector<int> g_shifts(count);
+  std::vector<float> g_scales(count);
+  for (int64_t i = 0; i < count; ++i) {
+    float largest = 0.f;
+    for (int64_t p = 0; p < in.h0 * in.w0; ++p) largest = finite_magnitude(largest, g[i * in.h0 * in.w0 + p]);
+    g_shifts[i] = pow2_shift(largest);
+    g_scales[i] = pow2(g_shifts[i]);
+  }
+  const float* pending_scales = g_scales.data();  // the heatmap's, until a step applies them
   for (int64_t k = K - 1; k >= 0; --k) {
     const StageView& s = in.stages[k];
     for (int64_t i = 0; i < count; ++i) {
       const float top = stage_max(s, first + i);
+      scales[i] = pow2(stage_shift(top));
       // 0 marks a dead stage; the local weighting replaces M by 1 on live ones.
-      weights[i] = stage_is_live(top) ? (in.local ? 1.f : top) : 0.f;
+      weights[i] = stage_is_live(top) ? (in.local ? 1.f : top * scales[i]) : 0.f;
     }
-    if (in.local) window_means(s, in.B, first, count, in.ny, in.nx, pooled.data(), floors.data());
+    if (in.local) {
+      window_means(s, in.B, first, count, in.ny, in.nx, scales.data(), pooled.data(),
+                   floors.data());
+    }
     float* dst = (k == 0 && s.H == Ho && s.W == Wo) ? out : buffers[k % 2].data();
-    step({s, in.B, first, count, g, gh, gw, weights.data(), in.local ? pooled.data() : nullptr,
-          floors.data(), in.ny, in.nx, dst});
+    step({s, in.B, first, count, g, gh, gw, pending_scales, scales.data(), weights.data(),
+          in.local ? pooled.data() : nullptr, floors.data(), in.ny, in.nx, dst});
+    pending_scales = nullptr;
     g = dst;
     gh = s.H;
     gw = s.W;
@@ -337,6 +364,14 @@ void run_chain(const ChainInputs& in, int64_t first, int64_t count) {
         const float* sample = g + i * gh * gw;
         blend_rows(g_rows.get(i * gh + ty.lo, sample + ty.lo * gw),
                    g_rows.get(i * gh + ty.hi, sample + ty.hi * gw), ty.w_lo, ty.w_hi, Wo, o);
+      }
+      if (pending_scales != nullptr) {  // no stage: the map is the (resized) heatmap
+        const float gs = pending_scales[i];
+        for (int64_t x = 0; x < Wo; ++x) o[x] *= gs;
+      }
+      if (how == Normalize::kNone) {  // the raw map: the heatmap's scale back
+        const int shift = g_shifts[i];
+        for (int64_t x = 0; x < Wo; ++x) o[x] = unscale(o[x], shift);
       }
       if (!rows.empty()) {
         rows[task] = how == Normalize::kStandardize ? row_stats<true>(o, Wo) : row_stats<false>(o, Wo);

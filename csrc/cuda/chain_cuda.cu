@@ -93,6 +93,13 @@ __global__ void __launch_bounds__(kChainThreads) extrapolate_chain_kernel(ChainA
   const float* g = a.heatmap + b * a.h0 * a.w0;
   int64_t gh = a.h0, gw = a.w0;
 
+  // The heatmap is read times a power of two that brings its largest finite magnitude near 1
+  // (pow2_shift: overflow), applied by the first step (or the resize, with no stage).
+  float largest = 0.f;
+  for (int64_t i = tid; i < a.h0 * a.w0; i += kChainThreads) largest = finite_magnitude(largest, g[i]);
+  const int g_shift = pow2_shift(block_reduce(largest, Max(), float_scratch));
+  float g_scale = pow2(g_shift);
+
   for (int k = a.K - 1; k >= 0; --k) {
     const ChainStage& s = stages[k];
     const int64_t H = s.H, W = s.W, P = H * W;
@@ -108,7 +115,8 @@ __global__ void __launch_bounds__(kChainThreads) extrapolate_chain_kernel(ChainA
     top = block_reduce(top, Max(), float_scratch);
     nan = __syncthreads_or(nan);
     const float sample_max = nan ? __int_as_float(0x7fc00000) : top;
-    const float weight = stage_is_live(sample_max) ? (a.local ? 1.f : sample_max) : 0.f;
+    const float scale = pow2(stage_shift(sample_max));  // S and M times it: overflow
+    const float weight = stage_is_live(sample_max) ? (a.local ? 1.f : sample_max * scale) : 0.f;
 
     float floor = 0.f;
     if (a.local) {
@@ -126,7 +134,7 @@ __global__ void __launch_bounds__(kChainThreads) extrapolate_chain_kernel(ChainA
         for (int offset = 16; offset > 0; offset >>= 1) {
           acc += __shfl_xor_sync(0xffffffffu, acc, offset);
         }
-        if (lane == 0) pooled[w] = static_cast<float>(acc / static_cast<double>(count));
+        if (lane == 0) pooled[w] = static_cast<float>(acc / static_cast<double>(count)) * scale;
       }
       __syncthreads();
       float largest_mean = -INFINITY;
@@ -142,21 +150,24 @@ __global__ void __launch_bounds__(kChainThreads) extrapolate_chain_kernel(ChainA
         continue;
       }
       const int64_t y = i / W, x = i % W;
-      float sw = channel_sum(s, a.B, b, i);
+      float sw = channel_sum(s, a.B, b, i) * scale;
       if (a.local) {
         const BilinearTap py = bilinear_tap(y, a.ny, H), px = bilinear_tap(x, a.nx, W);
         sw = sw / (bilinear_at(pooled + py.lo * a.nx, pooled + py.hi * a.nx, py, px) + floor);
       }
       const BilinearTap ty = bilinear_tap(y, gh, H), tx = bilinear_tap(x, gw, W);
-      dst[i] = bilinear_at(g + ty.lo * gw, g + ty.hi * gw, ty, tx) * sw / weight;
+      dst[i] = (bilinear_at(g + ty.lo * gw, g + ty.hi * gw, ty, tx) * g_scale) * sw / weight;
     }
     __syncthreads();
+    g_scale = 1.f;
     g = dst;
     gh = H;
     gw = W;
   }
 
-  // The resize to the output size (a copy when the sizes agree), with the statistics.
+  // The resize to the output size (a copy when the sizes agree), with the statistics; the raw map
+  // gets the heatmap's scale back.
+  const Normalize how = static_cast<Normalize>(a.normalize);
   const int64_t n = a.Ho * a.Wo;
   float lo = INFINITY, hi = -INFINITY;
   double sum = 0.0;
@@ -166,18 +177,19 @@ __global__ void __launch_bounds__(kChainThreads) extrapolate_chain_kernel(ChainA
     if (g == out) {
       v = out[i];
     } else if (gh == a.Ho && gw == a.Wo) {
-      v = out[i] = g[i];
+      v = g[i] * g_scale;
     } else {
       const int64_t y = i / a.Wo, x = i % a.Wo;
       const BilinearTap ty = bilinear_tap(y, gh, a.Ho), tx = bilinear_tap(x, gw, a.Wo);
-      v = out[i] = bilinear_at(g + ty.lo * gw, g + ty.hi * gw, ty, tx);
+      v = bilinear_at(g + ty.lo * gw, g + ty.hi * gw, ty, tx) * g_scale;
     }
+    if (how == Normalize::kNone) v = unscale(v, g_shift);
+    out[i] = v;
     lo = fminf(lo, v);
     hi = fmaxf(hi, v);
     sum += v;
     nan |= isnan(v);
   }
-  const Normalize how = static_cast<Normalize>(a.normalize);
   if (how == Normalize::kNone) return;
   lo = block_reduce(lo, Min(), float_scratch);
   hi = block_reduce(hi, Max(), float_scratch);
