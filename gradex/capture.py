@@ -86,8 +86,47 @@ class TracedOutput:
     is_block: bool  # made by a module with children: a block or stage output of the model
 
 
+def check_eager(model: nn.Module) -> None:
+    """Refuse a TorchScript model, or an eager one with a TorchScript part: forward hooks, which
+    are how gradex reads layers and sends the excitation mass down, never run inside
+    TorchScript (and ``register_forward_hook`` raises on a ScriptModule)."""
+    needs = (
+        "gradex reads layers with forward hooks, which do not run inside TorchScript; pass the "
+        "eager torch.nn.Module (the model before torch.jit.script or torch.jit.trace)"
+    )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            f"model is a TorchScript module ({type(model).__name__}, from torch.jit.script or "
+            f"torch.jit.trace): {needs}"
+        )
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            raise TypeError(f"model: its submodule {name!r} is a TorchScript module: {needs}")
+
+
+def register_hooks(pairs) -> list:
+    """Forward hooks from ``(module, hook)`` pairs, as handles. If a registration fails (a
+    module refuses hooks), the ones already made are removed before the error goes on: nothing
+    is left on the model on any path."""
+    handles: list = []
+    try:
+        for module, hook in pairs:
+            handles.append(module.register_forward_hook(hook))
+    except BaseException:
+        remove_hooks(handles)
+        raise
+    return handles
+
+
+def remove_hooks(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+
+
 def trace(model: nn.Module, probe: torch.Tensor) -> list[TracedOutput]:
     """Run ``probe`` through ``model`` once and record every 4-D module output, in order."""
+    check_eager(model)
     names = {module: name for name, module in model.named_modules() if name}
     records: list[tuple[nn.Module, int, tuple, str]] = []
     calls: dict[nn.Module, int] = {}
@@ -125,13 +164,13 @@ def trace(model: nn.Module, probe: torch.Tensor) -> list[TracedOutput]:
             kind = OTHER
         records.append((module, call, tuple(output.shape), kind))
 
-    handles = [m.register_forward_hook(hook) for m in names]
+    handles = register_hooks((module, hook) for module in names)
     try:
         with torch.no_grad():
             model(probe)
     finally:
-        for handle in handles:
-            handle.remove()
+        remove_hooks(handles)
+        keep_alive.clear()
     return [
         TracedOutput(
             order=i,
@@ -336,12 +375,10 @@ class HookSession:
 
     def __enter__(self) -> HookSession:
         self._owner = threading.get_ident()
-        for name, actions in self._wanted().items():
-            self._handles.append(
-                self._model.get_submodule(name).register_forward_hook(
-                    self._make_hook(name, actions)
-                )
-            )
+        self._handles = register_hooks(
+            (self._model.get_submodule(name), self._make_hook(name, actions))
+            for name, actions in self._wanted().items()
+        )
         return self
 
     def _make_hook(self, name: str, actions: list[tuple[int, str, int]]):
@@ -365,9 +402,7 @@ class HookSession:
         return hook
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
 
     def check_complete(self) -> None:
         """Raise if a chosen layer did not run (a model whose forward depends on the input)."""

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import sys
 import time
 from pathlib import Path
@@ -14,9 +14,10 @@ import torch
 from tqdm import tqdm
 
 from .cams import METHOD_CHOICES
+from .cli_paths import REPORT_NAME, ExplainOutput
 from .explainer import Explainer
 from .images import ImageError, demo_photos, expand_inputs, load_rgb
-from .models import EMBEDDED_MODEL, load_model
+from .models import EMBEDDED_MODEL, known_models, load_model, unknown_model_message
 from .reference import PAPER_FORMULA
 
 METHOD_TITLES = {
@@ -77,20 +78,24 @@ def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"--device: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here")
+        raise ValueError(f"--device {name}: {error}") from error
+    if device.type == "meta":
+        raise ValueError(
+            f"--device {name}: meta tensors hold shapes, not values, so there is nothing to "
+            "explain; use cpu or cuda"
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        if not getattr(backend, "is_available", lambda: False)():
+            raise ValueError(f"--device {name}: no {device.type} device is available here")
     return device
-
-
-def _panel_path(out: Path, source: Path, taken: set[str]) -> Path:
-    stem, n = source.stem, 1
-    name = f"{stem}.png"
-    while name in taken:
-        n += 1
-        name = f"{stem}_{n}.png"
-    taken.add(name)
-    return out / name
 
 
 def _read_images(paths: list[Path], bundle, skipped: list[dict]):
@@ -131,6 +136,9 @@ def explain_command(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError("no images: give image files or folders, or --demo")
     device = _device(args.device)
+    if args.model not in known_models():
+        raise ValueError(unknown_model_message(args.model))
+    output = ExplainOutput(args.out, files)  # before any work: the folder is made and writable
     started = time.perf_counter()
     bundle = load_model(args.model, args.weights)
     model = bundle.model.to(device)
@@ -138,9 +146,8 @@ def explain_command(args: argparse.Namespace) -> int:
     options = PAPER_FORMULA if args.paper else {}
     explainer = Explainer(model, method=args.method, gradual=not args.no_gradual, **options)
     method_title = METHOD_TITLES[explainer.method_name]
-    args.out.mkdir(parents=True, exist_ok=True)
 
-    results, skipped, taken = [], [], set()
+    results, skipped = [], []
     explain_seconds, layers = 0.0, None
     progress = tqdm(total=len(files), unit="img", disable=len(files) < _PROGRESS_FROM)
     for first in range(0, len(files), args.batch_size):
@@ -158,19 +165,20 @@ def explain_command(args: argparse.Namespace) -> int:
         layers = explainer.layers_for(x)
         probs = exp.logits.float().softmax(dim=1).cpu()
         for i, path in enumerate(paths):
-            record = _image_record(
-                path, _panel_path(args.out, path, taken), probs[i], exp, i, bundle.class_names
-            )
+            panel = output.panel_path(path)
+            record = _image_record(path, panel, probs[i], exp, i, bundle.class_names)
             target = record["target"]
             title = f"{record['target_name']} (class {target}), p = {float(probs[i, target]):.2f}"
+            png = io.BytesIO()
             save_panel(
-                args.out / record["panel"],
+                png,
                 bundle.to_display(x[i]),
                 exp.cam[i],
                 None if args.no_gradual else exp.saliency[i],
                 title,
                 method_title,
             )
+            output.write_panel(panel, png.getvalue())
             tqdm.write(f"{path.name}: {title}")
             results.append(record)
     progress.close()
@@ -192,12 +200,20 @@ def explain_command(args: argparse.Namespace) -> int:
             "ms_per_image": round(1000 * explain_seconds / max(len(results), 1), 2),
         },
     }
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"gradex: explained {len(results)} image(s) into {args.out}/ (results.json)")
+    output.write_report(report)
+    print(f"gradex: explained {len(results)} image(s) into {args.out}/ ({REPORT_NAME})")
     if skipped:
         print(f"gradex: {len(skipped)} file(s) skipped", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The message on one line: the first of a multi-line one (torch's often run on for pages)."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return evaluate_from_args(args)
         return explain_command(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
-        print(f"gradex: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
+        print(f"gradex: error: {_one_line(error)}", file=sys.stderr)
         return 2
 
 

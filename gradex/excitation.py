@@ -20,11 +20,15 @@ after the target layer, so only the layers between the target layer and the logi
 
 from __future__ import annotations
 
+import copy
 import threading
+import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+
+from .capture import register_hooks, remove_hooks
 
 METHODS = ("excitation", "contrastive excitation")
 
@@ -53,15 +57,34 @@ _PASS_THROUGH = (
 )
 
 
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_STANDARD_FORWARDS = {nn.Linear.forward, *(conv.forward for conv in _CONVOLUTIONS)}
+
+
 def _positive_forward(module: nn.Module, x: torch.Tensor, negate: bool) -> torch.Tensor:
-    """The layer's output for ``x`` with its weights W₊ (or (-W)₊) and no bias."""
-    if isinstance(module, _WEIGHTED):
-        weight = (-module.weight if negate else module.weight).float()
-        parameters = {"weight": weight.clamp_min(0)}
-        if module.bias is not None:
-            parameters["bias"] = torch.zeros_like(module.bias, dtype=torch.float32)
-        return functional_call(module, parameters, (x,))
-    return module(x)
+    """The layer's output for ``x`` with its weights W₊ (or (-W)₊) and no bias, computed without
+    touching ``module``: the model may be running in other threads at the same time (swapping
+    its parameters, as ``torch.func.functional_call`` does, would hand them W₊ for a while).
+    ``forward`` is called, not the module, so that no one's hooks see this rerun."""
+    if not isinstance(module, _WEIGHTED):
+        return module.forward(x)
+    weight = module.weight.detach()
+    weight = (-weight if negate else weight).float().clamp_min(0)
+    forward = type(module).forward
+    if forward is nn.Linear.forward:
+        return F.linear(x, weight)
+    if forward in _STANDARD_FORWARDS:
+        # The convolution's own arithmetic (padding mode included), with the weight given.
+        return module._conv_forward(x, weight, None)
+    # A subclass with a forward of its own (timm's Conv2dSame pads first): that forward, run on
+    # a shallow copy whose parameter table is its own, so the user's module is left alone.
+    layer = copy.copy(module)
+    parameters = dict(module._parameters)
+    parameters["weight"] = weight
+    if parameters.get("bias") is not None:
+        parameters["bias"] = torch.zeros_like(parameters["bias"], dtype=torch.float32)
+    object.__setattr__(layer, "_parameters", parameters)
+    return layer.forward(x)
 
 
 def _share(total: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
@@ -76,24 +99,23 @@ class _ExcitationRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, output, module, state):
         ctx.save_for_backward(x)
-        ctx.module, ctx.state = module, state
+        # A weak reference: the state holds this node's output (``weighted_outputs``), and a
+        # strong one back would make a cycle through the autograd graph, which the garbage
+        # collector cannot see into: every call's graph and state would stay alive.
+        ctx.module, ctx.state = module, weakref.ref(state)
         return output.clone()
 
     @staticmethod
     def backward(ctx, mass):
         (x,) = ctx.saved_tensors
-        state = ctx.state
-        negate = state.negated is ctx.module
-        state.in_backward = True  # the layer is run again below: its hook must stay out
-        try:
-            # In float32, whatever autocast ran the forward in (the weights are float32 here,
-            # and the backward runs outside the autocast region).
-            with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-                leaf = x.detach().float().requires_grad_(True)
-                excitation = _positive_forward(ctx.module, leaf, negate)
-                (carried,) = torch.autograd.grad(excitation, leaf, _share(excitation, mass.float()))
-        finally:
-            state.in_backward = False
+        state = ctx.state()
+        negate = state is not None and state.negated is ctx.module
+        # In float32, whatever autocast ran the forward in (the weights are float32 here, and
+        # the backward runs outside the autocast region).
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            leaf = x.detach().float().requires_grad_(True)
+            excitation = _positive_forward(ctx.module, leaf, negate)
+            (carried,) = torch.autograd.grad(excitation, leaf, _share(excitation, mass.float()))
         return (leaf.detach() * carried).to(x.dtype), None, None, None
 
 
@@ -113,7 +135,6 @@ class _PassMass(torch.autograd.Function):
 class _State:
     def __init__(self) -> None:
         self.negated: nn.Module | None = None  # the classifier, while the contrast is sent down
-        self.in_backward = False
         self.weighted_outputs: list[tuple[nn.Module, torch.Tensor]] = []
 
 
@@ -131,8 +152,6 @@ class ExcitationHooks:
     def _hook(self, module, inputs, output):
         if threading.get_ident() != self._owner or not torch.is_grad_enabled():
             return None
-        if self.state.in_backward:
-            return None
         if len(inputs) != 1 or not isinstance(output, torch.Tensor):
             return None
         (x,) = inputs
@@ -149,15 +168,14 @@ class ExcitationHooks:
 
     def __enter__(self) -> ExcitationHooks:
         self._owner = threading.get_ident()
-        for module in self._model.modules():
-            if isinstance(module, (*_WEIGHTED, *_AVERAGING, *_PASS_THROUGH)):
-                self._handles.append(module.register_forward_hook(self._hook))
+        ruled = (*_WEIGHTED, *_AVERAGING, *_PASS_THROUGH)
+        self._handles = register_hooks(
+            (module, self._hook) for module in self._model.modules() if isinstance(module, ruled)
+        )
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
 
     def mass_at(
         self, logits: torch.Tensor, leaf: torch.Tensor, ids: torch.Tensor, contrastive: bool
@@ -165,17 +183,19 @@ class ExcitationHooks:
         """The mass (B,C,h,w) that the classes ``ids`` send to ``leaf`` (the target layer's
         output); with ``contrastive``, minus the mass that their negated classifier rows send."""
         seed = torch.zeros_like(logits).scatter_(1, ids.view(-1, 1), 1.0)
-        if not contrastive:
-            (mass,) = torch.autograd.grad(logits, leaf, seed)
-            return mass
-        classifier = self._classifier(logits)
-        self.state.negated = classifier
         try:
-            (contrast,) = torch.autograd.grad(logits, leaf, seed, retain_graph=True)
+            if not contrastive:
+                (mass,) = torch.autograd.grad(logits, leaf, seed)
+                return mass
+            self.state.negated = self._classifier(logits)
+            try:
+                (contrast,) = torch.autograd.grad(logits, leaf, seed, retain_graph=True)
+            finally:
+                self.state.negated = None
+            (mass,) = torch.autograd.grad(logits, leaf, seed)
+            return mass - contrast
         finally:
-            self.state.negated = None
-        (mass,) = torch.autograd.grad(logits, leaf, seed)
-        return mass - contrast
+            self.state.weighted_outputs.clear()  # the graph is spent: let it go now
 
     def _classifier(self, logits: torch.Tensor) -> nn.Module:
         for module, output in reversed(self.state.weighted_outputs):

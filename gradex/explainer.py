@@ -9,6 +9,8 @@ channel sum and max inside its hook, so no full stage activation is kept.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import numbers
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from ._validation import (
     check_normalize,
     check_stage_weighting,
 )
-from .capture import NON_NEGATIVE, HookSession, Layers, choose_layers, trace
+from .capture import NON_NEGATIVE, HookSession, Layers, check_eager, choose_layers, trace
 from .excitation import ExcitationHooks
 from .ops import Backend, check_backend_name, extrapolate_reduced, resolve_backend
 from .reference import apply_transform
@@ -50,50 +52,63 @@ class Capture:
     layers: Layers
 
 
-@contextlib.contextmanager
-def _eval_mode(modules: Sequence[nn.Module]):
-    """Explain the model as it predicts (no dropout, no BatchNorm statistics updated), and
-    leave every module's training flag as it was found. Only modules in training mode are
-    touched, so a model already in eval mode costs one pass over the list of its modules (listed
-    once per explainer: ``model.modules()`` itself costs about 5 µs a module each time)."""
-    training = [module for module in modules if module.training]
-    for module in training:
-        module.training = False
-    try:
-        yield
-    finally:
-        for module in training:
-            module.training = True
+def _check_eval_mode(model: nn.Module, modules: Sequence[nn.Module]) -> None:
+    """Refuse a model with any module in training mode.
+
+    gradex explains a model as it predicts (no dropout, no BatchNorm statistics updated). It
+    does not switch the model to eval mode and back for a call: the model is the caller's and
+    may be in use on other threads at the same time, where the switch would show through (a
+    plain forward would run in eval mode, and a forward of another explanation would run in
+    training mode after this call switched back, updating the BatchNorm statistics). Asking for
+    ``model.eval()`` keeps every call free of side effects. ``modules`` is listed once per
+    explainer (``model.modules()`` costs about 5 µs a module each time)."""
+    if not any(module.training for module in modules):
+        return
+    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
+    shown = ", ".join(repr(name) for name in training[:5])
+    more = f" and {len(training) - 5} more" if len(training) > 5 else ""
+    raise ValueError(
+        f"model is in training mode (modules {shown}{more}): call model.eval() before explaining "
+        "it. gradex explains the model as it predicts and never switches a model's mode itself, "
+        "since that would race with other threads using the same model"
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
-    for tensor in (*model.parameters(), *model.buffers()):
+    # The first tensor only: listing them all costs a walk over every module on every call.
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return None
 
 
+_TARGET_KINDS = "target must be None, an int, one int per sample, or a callable"
+
+
 def check_target_ids(target, batch: int, classes: int, device: torch.device) -> torch.Tensor:
-    """``target`` (an int, or one int per sample) as (batch,) int64 class ids on ``device``,
-    each checked to be in range."""
+    """``target`` (an integer: a Python or NumPy int or a 0-d integer tensor or array, or one
+    integer per sample) as (batch,) int64 class ids on ``device``, each checked to be in range.
+    Floats and bools are refused in every form, never truncated to a class id."""
     if isinstance(target, bool):
-        raise TypeError("target must be None, an int, one int per sample, or a callable")
-    if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
-        ids = torch.full((batch,), int(target), dtype=torch.long, device=device)
-    else:
-        try:
-            ids = torch.as_tensor(target, device=device)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(
-                "target must be None, an int, one int per sample, or a callable; "
-                f"got {type(target).__name__}"
-            ) from error
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class ids, got {ids.dtype}")
-        if ids.shape != (batch,):
-            raise ValueError(
-                f"target must hold one class id per sample ({batch}), got shape {tuple(ids.shape)}"
-            )
-        ids = ids.long()
+        raise TypeError(f"{_TARGET_KINDS}; got a bool ({target!r})")
+    if isinstance(target, numbers.Integral):  # int and NumPy's integer scalars (not its bool)
+        value = int(target)
+        if not 0 <= value < classes:
+            raise ValueError(f"target {value} is out of range for a model with {classes} classes")
+        return torch.full((batch,), value, dtype=torch.long, device=device)
+    # Tensors and arrays (NumPy's among them), 0-d or one id per sample.
+    try:
+        ids = torch.as_tensor(target, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{_TARGET_KINDS}; got {type(target).__name__}") from error
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class ids, got {ids.dtype}")
+    if ids.dim() == 0:
+        ids = ids.reshape(1).expand(batch)
+    if ids.shape != (batch,):
+        raise ValueError(
+            f"target must hold one class id per sample ({batch}), got shape {tuple(ids.shape)}"
+        )
+    ids = ids.long().contiguous()
     bad = (ids < 0) | (ids >= classes)
     if bool(bad.any()):
         raise ValueError(
@@ -145,12 +160,14 @@ class Explainer:
         amp_dtype: torch.bfloat16 or torch.float16 runs the model's forward under autocast (the
             CAM and GE math stay in float32); None (default) runs it as it is.
 
-    The model's modules are listed once, here: a module added to the model later is not
-    switched to eval mode during calls (make a new explainer after changing the model).
+    The model must be an eager ``nn.Module`` (TorchScript runs no hooks) in eval mode: gradex
+    explains a model as it predicts, and refuses one in training mode rather than switching it
+    to eval and back, which would race with other threads using it. Its modules are listed once,
+    here: make a new explainer after adding modules to the model.
 
-    Explainers share nothing: several may run at once, in threads, on one model or several. A
-    model shared between threads should be in eval mode already, since each call switches it to
-    eval and back.
+    Nothing of the model is changed during a call (no parameter, buffer, flag or hook outlives
+    it), and explainers share nothing: several may run at once, in threads, on one model or
+    several, beside plain inference on the same model.
     """
 
     def __init__(
@@ -170,6 +187,7 @@ class Explainer:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_eager(model)
         if stage_transform not in STAGE_TRANSFORMS:
             raise ValueError(
                 f"stage_transform must be one of {STAGE_TRANSFORMS}, got {stage_transform!r}"
@@ -204,8 +222,8 @@ class Explainer:
         size = tuple(x.shape[-2:])
         with self._lock:
             if size not in self._layers:
-                with _eval_mode(self._modules):
-                    traced = trace(self.model, x[:1].detach())
+                _check_eval_mode(self.model, self._modules)
+                traced = trace(self.model, x[:1].detach())
                 self._layers[size] = choose_layers(
                     traced,
                     size,
@@ -289,6 +307,7 @@ class Explainer:
         """The explanation of a checked ``x`` as tensor operations only: with ``check`` off and a
         ``choose_targets`` that stays on the device, nothing here waits for the device, so
         ``gradex.StaticExplainer`` can capture it whole in a CUDA graph."""
+        _check_eval_mode(self.model, self._modules)
         transforms = self._transform_for(layers)
         reduced: list = [None] * len(layers.stages)
         target_output: list[torch.Tensor] = []
@@ -309,7 +328,7 @@ class Explainer:
         # graph is recorded, is left to the session's hook.
         rules = ExcitationHooks(self.model) if self._excitation else contextlib.nullcontext()
         session = HookSession(self.model, layers, on_stage if self.gradual else None, on_target)
-        with _eval_mode(self._modules), rules, session, torch.no_grad(), self._autocast(x.device):
+        with rules, session, torch.no_grad(), self._autocast(x.device):
             logits = self.model(x)
         session.check_complete()
         logits = self._check_logits(logits, x.shape[0])
@@ -350,6 +369,7 @@ class Explainer:
         heatmap made elsewhere (pytorch-grad-cam, Captum, TorchCAM)."""
         x = self._check_input(x)
         layers = self.layers_for(x)
+        _check_eval_mode(self.model, self._modules)
         transforms = self._transform_for(layers)
         activations: list = [None] * len(layers.stages)
 
@@ -362,7 +382,7 @@ class Explainer:
             )
 
         session = HookSession(self.model, layers, on_stage, None)
-        with _eval_mode(self._modules), session, torch.no_grad(), self._autocast(x.device):
+        with session, torch.no_grad(), self._autocast(x.device):
             logits = self.model(x)
         session.check_complete()
         return Capture(self._check_logits(logits, x.shape[0]), activations, layers)

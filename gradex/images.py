@@ -3,38 +3,109 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from .cli_paths import PANEL_SUFFIX
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Modes without colour: the models were trained on RGB photos, so these are skipped, not guessed.
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
+# Decoding is bounded before it starts, from the header alone: a few hundred bytes of PNG can
+# declare gigapixels, and a thin strip is blown up by the resize of its short side to the model's
+# input size (1x6000 pixels becomes a 224x1,344,000 float tensor, 3.6 GB). MAX_PIXELS is PIL's
+# decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, whose default only warns); MAX_ASPECT
+# keeps the resized image under 50 times the model's input.
+MAX_PIXELS = 89_478_485
+MAX_ASPECT = 50
+
+_FILE_KINDS = {
+    stat.S_ISDIR: "a folder",
+    stat.S_ISFIFO: "a FIFO",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
+
+
 class ImageError(ValueError):
     """An input file that cannot be explained; the message names the file and the reason."""
+
+
+def _not_regular(path: Path, mode: int) -> ImageError:
+    kind = next((name for test, name in _FILE_KINDS.items() if test(mode)), "not a plain file")
+    return ImageError(f"{path}: not a regular file ({kind}), not read")
+
+
+def check_size(path: str | Path, width: int, height: int) -> None:
+    """Refuse, by name, an image whose decoding or preprocessing would take unbounded memory."""
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{path}: {width}x{height} pixels ({width * height:,}) is over the limit of "
+            f"{MAX_PIXELS:,} pixels, not decoded"
+        )
+    short, long = sorted((width, height))
+    if long > MAX_ASPECT * max(short, 1):
+        raise ImageError(
+            f"{path}: {width}x{height} pixels, an aspect ratio over the limit of {MAX_ASPECT}:1 "
+            "(its short side would be scaled up to the model's input size), not decoded"
+        )
+
+
+def _open_regular(path: Path):
+    """A binary file object for ``path``, which must be a regular file. A FIFO or a device is
+    refused from its status, before any open() that would block (or rewind a tape)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode)
+    # O_NONBLOCK: had the file been swapped for a FIFO since the stat, open() still returns.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(path, mode)
+    return os.fdopen(fd, "rb")
 
 
 def load_rgb(path: str | Path) -> Image.Image:
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode in _GREY_MODES:
-                raise ImageError(f"{path}: not an RGB image (mode {mode})")
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        with _open_regular(path) as file, warnings.catch_warnings():
+            # Sizes between MAX_PIXELS and twice it: PIL warns, check_size refuses.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:  # reads the header only
+                check_size(path, *image.size)
+                mode = image.mode
+                if mode in _GREY_MODES:
+                    raise ImageError(f"{path}: not an RGB image (mode {mode})")
+                image.load()
+                return image.convert("RGB")
+    except Image.DecompressionBombError as error:  # over twice PIL's limit: refused in open()
+        raise ImageError(f"{path}: over the limit of {MAX_PIXELS:,} pixels ({error})") from error
+    except (OSError, UnidentifiedImageError) as error:
         raise ImageError(f"{path}: cannot read as an image ({error.__class__.__name__})") from error
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the image files inside each folder (sorted, not recursive)."""
+    """Files as given, and the image files inside each folder (sorted, not recursive). Panels
+    that gradex wrote into a folder (``*.gradex.png``) are outputs, not inputs: left out."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(
+                sorted(
+                    p
+                    for p in item.iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES
+                    and not p.name.lower().endswith(PANEL_SUFFIX)
+                )
+            )
         else:
             files.append(item)
     return files

@@ -7,6 +7,8 @@ time. Torchvision classifiers are supported by name with a local weights file.
 
 from __future__ import annotations
 
+import difflib
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -70,16 +72,83 @@ def load_lite0() -> nn.Module:
     return model.eval()
 
 
+@lru_cache(maxsize=1)
+def known_models() -> tuple[str, ...]:
+    """The names ``--model`` takes: the embedded model, then torchvision's classifiers."""
+    return (EMBEDDED_MODEL, *torchvision.models.list_models(module=torchvision.models))
+
+
+def unknown_model_message(name: str) -> str:
+    close = difflib.get_close_matches(name, known_models(), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return (
+        f"--model {name!r}: unknown model (torchvision has no model named {name!r}); {hint}"
+        f"known: {EMBEDDED_MODEL} (embedded, the default) and torchvision's classifiers "
+        f"{', '.join(known_models()[1:])}"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _looks_like_torch_save(path: str | Path) -> bool:
+    """torch.save writes a zip archive; older files are a bare pickle (protocol 2+)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    return head.startswith((b"PK\x03\x04", b"\x80"))
+
+
+def load_weights(path: str | Path) -> dict:
+    """A state dict from a local file, read with ``weights_only`` so that a pickle holding code is
+    refused, never run. Raises ValueError naming ``--weights`` for anything else."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not _looks_like_torch_save(path):
+            raise ValueError(
+                f"--weights {path}: not a weights file saved with torch.save"
+            ) from error
+        # Python objects beyond tensors and plain containers, which may run code when unpickled:
+        # the weights-only unpickler refuses them. Torch's message runs over many lines and
+        # suggests weights_only=False; keep only the line that says what was found.
+        found = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        raise ValueError(
+            f"--weights {path}: holds Python objects beyond tensors, which gradex never unpickles "
+            f"(they can run code){': ' + found[0] if found else ''}"
+        ) from error
+    except Exception as error:  # empty, truncated, a zip of something else, ...
+        what = "is empty" if Path(path).stat().st_size == 0 else "cannot read as torch weights"
+        raise ValueError(f"--weights {path}: {what} ({_first_line(error)})") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"--weights {path}: holds a {type(state).__name__}, not a state dict "
+            "(save one with torch.save(model.state_dict(), PATH))"
+        )
+    return state
+
+
 def load_torchvision(name: str, weights: str | Path) -> nn.Module:
     """A torchvision classifier by name, with weights from a local file (never downloaded)."""
+    if name not in known_models():
+        raise ValueError(unknown_model_message(name))
+    model = torchvision.models.get_model(name, weights=None)
+    state = load_weights(weights)
     try:
-        model = torchvision.models.get_model(name, weights=None)
-    except ValueError as error:
-        raise ValueError(f"model: torchvision has no model named {name!r}") from error
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    model.load_state_dict(state)
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        missing = [k for k in model.state_dict() if k not in state]
+        unexpected = [k for k in state if k not in model.state_dict()]
+        detail = (
+            f"{len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+            f"{(missing or unexpected)[0]!r}"
+            if missing or unexpected
+            else "tensor shapes differ"
+        )
+        raise ValueError(f"--weights {weights}: not weights for {name} ({detail})") from error
     return model.eval()
 
 
@@ -87,17 +156,21 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | Path | None = None) ->
     """The model, its preprocessing and class names for the CLI."""
     if name == EMBEDDED_MODEL:
         if weights is not None:
-            raise ValueError("weights: the embedded model brings its own weights")
+            raise ValueError("--weights: the embedded model brings its own weights")
         return ModelBundle(
             name, load_lite0(), lite0_preprocess, imagenet_class_names(), 224, _LITE_MEAN, _LITE_STD
         )
+    if name not in known_models():
+        raise ValueError(unknown_model_message(name))
     if weights is None:
         raise ValueError(
-            f"weights: torchvision model {name!r} needs a local weights file (--weights PATH); "
+            f"--weights: torchvision model {name!r} needs a local weights file (--weights PATH); "
             "gradex never downloads weights"
         )
-    if not Path(weights).is_file():
-        raise FileNotFoundError(f"weights: no such file {str(weights)!r}")
+    if not Path(weights).exists():
+        raise FileNotFoundError(f"--weights: no such file {str(weights)!r}")
+    if not Path(weights).is_file():  # a folder, a FIFO (reading it would block), a device
+        raise FileNotFoundError(f"--weights {weights}: not a regular file")
     model = load_torchvision(name, weights)
     # The evaluation transform torchvision publishes for the model's default ImageNet weights
     # (resize, centre crop, interpolation, mean and std); built from metadata, no download.

@@ -16,6 +16,7 @@ checks, when the explainer's ``check`` is on, run before (the input) and after (
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import torch
 
@@ -44,8 +45,12 @@ class StaticExplainer:
     filling it in place and calling with ``x=self.input`` saves one copy.
 
     In 'cuda_graph' mode the returned tensors are copies, unless ``copy=False``: then they are
-    the graph's own output buffers, overwritten by the next call. A StaticExplainer owns buffers
-    that every call overwrites: use one per thread.
+    the graph's own output buffers, overwritten by the next call (from any thread).
+
+    A StaticExplainer owns buffers that every call overwrites (the input, the targets, the
+    graph's outputs), so calls on one instance run one at a time: threads may share it, each
+    getting its own explanation, and wait for each other. For calls that overlap, build one per
+    thread. Filling ``self.input`` in place is for one thread only.
     """
 
     def __init__(
@@ -77,6 +82,12 @@ class StaticExplainer:
         self._use_given = torch.zeros((), dtype=torch.bool, device=example.device)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._outputs: Explanation | None = None
+        # Held from loading a call's input and targets until its results are copied out: the
+        # buffers are shared by every call, by design.
+        self._lock = threading.Lock()
+        # On a GPU the lock orders only the launches: a thread on another stream must also wait
+        # until the previous call's work on the shared buffers has run.
+        self._done = torch.cuda.Event() if example.device.type == "cuda" else None
         if mode == "cuda_graph":
             self._capture(warmup)
             self.classes = self._outputs.logits.shape[1]
@@ -144,18 +155,24 @@ class StaticExplainer:
         self._use_given.fill_(True)
 
     def __call__(self, x: torch.Tensor, target=None, *, copy: bool = True) -> Explanation:
-        self._load_input(x)
-        self._load_targets(target)
-        if self._graph is None:
-            out = self._explain()
-        else:
-            with torch.cuda.device(self.input.device):  # replays on that device's stream
-                self._graph.replay()
-            out = self._outputs
-            if copy:
-                out = dataclasses.replace(
-                    out, **{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)}
-                )
-        if self.explainer.check:
-            check_finite(out.cam, f"the CAM at {self.layers.target.ref}")
+        with self._lock:
+            if self._done is not None:
+                torch.cuda.current_stream(self.input.device).wait_event(self._done)
+            self._load_input(x)
+            self._load_targets(target)
+            if self._graph is None:
+                out = self._explain()
+            else:
+                with torch.cuda.device(self.input.device):  # replays on that device's stream
+                    self._graph.replay()
+                out = self._outputs
+                if copy:
+                    out = dataclasses.replace(
+                        out,
+                        **{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)},
+                    )
+            if self._done is not None:
+                self._done.record(torch.cuda.current_stream(self.input.device))
+            if self.explainer.check:
+                check_finite(out.cam, f"the CAM at {self.layers.target.ref}")
         return out

@@ -38,6 +38,9 @@ def test_the_harness_runs_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
     markdown = (tmp_path / f"{stem}.md").read_text()
     assert "| no-grad inference, fp32 |" in markdown and "## Goals" in markdown
     assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from gradex.cli_paths import is_gradex_png
+
+    assert is_gradex_png(tmp_path / f"{stem}.png")  # marked: a rerun may replace it
 
 
 def test_bad_arguments_are_refused(capsys):

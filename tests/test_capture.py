@@ -93,7 +93,7 @@ def test_strict_transform_refuses_a_model_without_post_relu_maps():
 
 
 def test_explicit_layers_by_module_and_by_name():
-    model = TinyCNN()
+    model = TinyCNN().eval()
     explainer = gradex.Explainer(model, target_layer=model.stage2, stages=["stage1", "stage2.2"])
     layers = explainer.layers_for(torch.randn(1, 3, 32, 32))
     assert str(layers.target.ref) == "stage2"
@@ -124,16 +124,17 @@ def test_a_reused_module_must_be_named_with_its_call():
     ],
 )
 def test_bad_layer_choices(kwargs, error, words):
-    explainer = gradex.Explainer(TinyCNN(), stage_transform=None, **kwargs)
+    explainer = gradex.Explainer(TinyCNN().eval(), stage_transform=None, **kwargs)
     with pytest.raises(error) as info:
         explainer.layers_for(torch.randn(1, 3, 32, 32))
     assert words in str(info.value)
 
 
 def test_a_model_without_spatial_layers_is_refused():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
     with pytest.raises(ValueError, match="no layer with a spatial"):
         gradex.Explainer(model).layers_for(torch.randn(1, 3, 8, 8))
+    assert _all_hooks(model) == 0  # discovery failed after its forward: its hooks are gone
 
 
 def test_batchnorm_before_an_inplace_relu_is_not_taken_for_non_negative():
@@ -165,3 +166,45 @@ def test_hook_session_ignores_other_threads_and_cleans_up_after_an_error():
     with pytest.raises(RuntimeError, match="boom"), HookSession(model, layers, fail, None):
         model(torch.randn(1, 3, 32, 32))
     assert _all_hooks(model) == 0
+
+
+class TakesNoHooks(nn.ReLU):
+    """A module that refuses hooks, as a TorchScript module does: registration fails midway."""
+
+    def register_forward_hook(self, *args, **kwargs):
+        raise RuntimeError("this module takes no hooks")
+
+
+def _model_refusing_hooks(refusing: bool = True):
+    relu = TakesNoHooks() if refusing else nn.ReLU()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1), relu,
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+
+
+def test_discovery_removes_its_hooks_when_registering_them_fails():
+    model = _model_refusing_hooks()
+    with pytest.raises(RuntimeError, match="takes no hooks"):
+        trace(model, torch.randn(1, 3, 8, 8))
+    assert _all_hooks(model) == 0
+
+
+def test_hook_session_removes_its_hooks_when_registering_them_fails():
+    twin = _model_refusing_hooks(refusing=False)
+    layers = choose_layers(trace(twin, torch.randn(1, 3, 8, 8)), (8, 8), twin, "3", ["1"])
+    model = _model_refusing_hooks()
+    session = HookSession(model, layers, lambda k, t: None, lambda t: None)
+    with pytest.raises(RuntimeError, match="takes no hooks"), session:
+        pass
+    assert _all_hooks(model) == 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_trace_refuses_torchscript_before_touching_the_model():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), torch.jit.script(nn.Sequential(nn.Conv2d(4, 4, 3))),
+    )  # fmt: skip
+    with pytest.raises(TypeError, match=r"model: its submodule '2' is a TorchScript module"):
+        trace(model, torch.randn(1, 3, 8, 8))
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0

@@ -47,7 +47,7 @@ def test_bad_files_are_skipped_and_the_rest_explained(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.jpg: cannot read as an image" in err and "grey.png: not an RGB image" in err
     report = json.loads((out / "results.json").read_text())
-    assert [r["panel"] for r in report["images"]] == ["cat.png"]
+    assert [r["panel"] for r in report["images"]] == ["cat.gradex.png"]
     assert report["images"][0]["target"] == 281 and report["images"][0]["target_name"] == "tabby"
     assert len(report["skipped"]) == 2
 
@@ -57,7 +57,7 @@ def test_no_gradual_and_duplicate_names(tmp_path):
     out = tmp_path / "out"
     assert cli.main(["explain", str(cat), str(cat), "--out", str(out), "--no-gradual"]) == 0
     report = json.loads((out / "results.json").read_text())
-    assert [r["panel"] for r in report["images"]] == ["chelsea.png", "chelsea_2.png"]
+    assert [r["panel"] for r in report["images"]] == ["chelsea.gradex.png", "chelsea_2.gradex.png"]
     assert report["gradual"] is False and report["stages"] == []
 
 

@@ -39,9 +39,14 @@ def test_missed_photo_insertion_is_explained_with_its_numbers():
     assert report._misses(results, {}, met) == []
 
 
-def test_quick_evaluation_writes_the_report(tmp_path, capsys):
-    assert cli.main(["evaluate", "--quick", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
-    names = sorted(p.name for p in tmp_path.iterdir())
+def test_quick_evaluation_writes_the_report(tmp_path, monkeypatch, capsys):
+    from gradex.cli_paths import is_gradex_png
+    from gradex.evaluation import harness
+
+    out, raw = tmp_path / "report", tmp_path / "raw.pt"
+    args = ["evaluate", "--quick", "--out", str(out), "--raw", str(raw)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
     assert names == [
         "README.md",
         "evaluation.json",
@@ -49,7 +54,7 @@ def test_quick_evaluation_writes_the_report(tmp_path, capsys):
         "examples_photos.png",
         "metrics.png",
     ]
-    record = json.loads((tmp_path / "evaluation.json").read_text())
+    record = json.loads((out / "evaluation.json").read_text())
     assert record["occlusion_checks"]["0"]["uses_the_object"]
     expected_rows = {
         "gradcam",
@@ -87,7 +92,7 @@ def test_quick_evaluation_writes_the_report(tmp_path, capsys):
     }
     assert len(record["equivalences"]) == 3
     assert all(value < 1e-5 for value in record["equivalences"].values())
-    text = (tmp_path / "README.md").read_text()
+    text = (out / "README.md").read_text()
     for heading in (
         "## Main table",
         "## Goals (Grad-CAM)",
@@ -98,7 +103,17 @@ def test_quick_evaluation_writes_the_report(tmp_path, capsys):
         assert heading in text
     assert "| gradcam + GE |" in text
     for png in ("examples.png", "examples_photos.png", "metrics.png"):
-        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+        assert is_gradex_png(out / png)  # a PNG with gradex's mark: a rerun may replace it
+
+    # A rerun into the same folder (its work replaced by the first run's results, from --raw)
+    # replaces every file of the first run, --raw included, and leaves nothing else behind.
+    first = torch.load(raw, weights_only=False)
+    monkeypatch.setattr(harness, "run", lambda settings, progress=print: first)
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.pt", "report"]
+    assert json.loads((out / "evaluation.json").read_text()) == record
+    assert (out / "README.md").read_text() == text
 
 
 def test_photo_grids_hold_four_photos_and_four_classes():

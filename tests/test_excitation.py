@@ -123,11 +123,12 @@ def test_contrastive_needs_the_classifiers_own_output():
         def forward(self, x):
             return self.inner(x) * 2.0
 
-    explainer = gradex.Explainer(Scaled(), method="contrastive excitation")
+    explainer = gradex.Explainer(Scaled().eval(), method="contrastive excitation")
     with pytest.raises(ValueError, match="contrastive excitation"):
         explainer(torch.randn(1, 3, 16, 16))
     # Plain excitation needs no classifier: the seed is the class itself.
-    assert gradex.Explainer(Scaled(), method="excitation")(torch.randn(1, 3, 16, 16)).cam.sum() > 0
+    plain = gradex.Explainer(Scaled().eval(), method="excitation")
+    assert plain(torch.randn(1, 3, 16, 16)).cam.sum() > 0
 
 
 def test_a_callable_target_is_refused(synthetic):
@@ -159,3 +160,78 @@ def test_static_explainer_equals_eager(synthetic):
         replayed = fast(data.images, target=data.labels)
         assert torch.equal(replayed.saliency, eager.saliency)
         assert torch.equal(replayed.cam, eager.cam)
+
+
+# -- the model during a call, and what a call leaves behind ---------------------------------------
+
+
+def _small_mlp_model():
+    torch.manual_seed(5)
+    model = MlpHead().eval()
+    with torch.no_grad():
+        model.features[4].running_mean.uniform_(-0.2, 0.2)
+        model.features[4].running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("method", ["excitation", "contrastive excitation"])
+def test_the_model_is_never_changed_during_a_call(method):
+    # Another thread using the model sees it only through its modules: a hook of the user's on
+    # every weighted layer stands for it, and must see each layer's own parameters, every time
+    # it runs (and run once per forward: the excitation rule never calls the user's module).
+    model = _small_mlp_model()
+    own = {module: dict(module.named_parameters(recurse=False)) for module in model.modules()}
+    values = {name: p.detach().clone() for name, p in model.named_parameters()}
+    seen = []
+
+    def watch(module, inputs, output):
+        params = dict(module.named_parameters(recurse=False))
+        same = params.keys() == own[module].keys() and all(
+            params[k] is own[module][k] for k in params
+        )
+        seen.append((module, same))
+
+    watched = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(watch) for m in watched]
+    try:
+        explainer = gradex.Explainer(model, method=method, target_layer="features.5")
+        explainer(torch.randn(2, 3, 16, 16), target=[1, 3])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(same for _, same in seen), [type(m).__name__ for m, same in seen if not same]
+    # discovery's forward and the explanation's forward: each layer ran exactly twice
+    assert sorted(map(id, (m for m, _ in seen))) == sorted(map(id, watched * 2))
+    for name, p in model.named_parameters():
+        assert torch.equal(p, values[name]), name
+
+
+def test_no_excitation_state_outlives_a_call():
+    import gc
+
+    from gradex import excitation
+
+    model = _small_mlp_model()
+    x = torch.randn(2, 3, 16, 16)
+    for method in ("excitation", "contrastive excitation"):
+        explainer = gradex.Explainer(model, method=method, target_layer="features.5")
+        for _ in range(3):
+            explainer(x)
+        with pytest.raises(ValueError, match="out of range"):  # fails after the forward
+            explainer(x, target=99)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is excitation._State]
+    assert alive == []
+
+
+def test_excitation_hooks_are_removed_when_registering_them_fails():
+    from gradex.excitation import ExcitationHooks
+
+    class TakesNoHooks(nn.ReLU):
+        def register_forward_hook(self, *args, **kwargs):
+            raise RuntimeError("this module takes no hooks")
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), TakesNoHooks())
+    with pytest.raises(RuntimeError, match="takes no hooks"), ExcitationHooks(model):
+        pass
+    assert all(not m._forward_hooks for m in model.modules())

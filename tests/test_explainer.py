@@ -132,9 +132,7 @@ def _hook_count(model):
 
 
 def test_no_side_effects_on_the_model():
-    model = TinyCNN()
-    model.train()
-    model.stage2.eval()  # a mixed state, to see that it is restored exactly
+    model = TinyCNN().eval()
     frozen = model.stage1[0].weight
     frozen.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -145,7 +143,7 @@ def test_no_side_effects_on_the_model():
     assert all(p.grad is None for p in model.parameters())
     assert frozen.requires_grad is False
     assert all(p.requires_grad for n, p in model.named_parameters() if n != "stage1.0.weight")
-    assert model.training and not model.stage2.training and model.stage3.training
+    assert not any(m.training for m in model.modules())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm stats untouched
     assert _hook_count(model) == 0
@@ -176,7 +174,7 @@ class Exploding(nn.Module):
 
 
 def test_hooks_are_removed_when_the_forward_raises():
-    model = Exploding()
+    model = Exploding().eval()
     explainer = gradex.Explainer(model, target_layer="body.stage3", stages=["body.stage1"])
     with pytest.raises(RuntimeError, match="head failed"):
         explainer(torch.randn(1, 3, 32, 32))
@@ -230,7 +228,7 @@ def test_bad_targets(target, error, words):
         (
             torch.randn(1, 3, 32, 32, device="meta"),
             ValueError,
-            "x is on meta but the model is on cpu",
+            "x is a meta tensor (a shape without values)",
         ),
     ],
 )
@@ -254,7 +252,7 @@ def test_bad_explainer_arguments_and_modes():
 
 
 def test_a_model_without_logits_is_refused():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     with pytest.raises(ValueError, match=r"model must return \(B,K\) logits"):
         gradex.Explainer(model)(torch.randn(1, 3, 16, 16))
 
@@ -407,3 +405,134 @@ def test_a_float64_model_is_explained_by_every_backend():
         torch.testing.assert_close(got.saliency, expected.saliency, rtol=1e-4, atol=1e-4)
     auto = gradex.Explainer(model)(x)
     torch.testing.assert_close(auto.saliency, expected.saliency, rtol=1e-4, atol=1e-4)
+
+
+# -- runtime safety: hooks, models gradex cannot read, targets, training mode ---------------------
+
+
+def _tiny_scripted_model():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        torch.jit.script(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_a_model_with_a_scripted_submodule_is_refused_and_keeps_no_hooks():
+    model = _tiny_scripted_model()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(TypeError) as info:
+        gradex.Explainer(model)(x)
+    message = str(info.value)
+    assert message.startswith("model") and "'2'" in message and "TorchScript" in message
+    assert "eager" in message
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    # A later plain forward keeps nothing alive: its output is freed when dropped.
+    import weakref
+
+    seen = []
+    handle = model[0].register_forward_hook(lambda m, i, o: seen.append(weakref.ref(o)))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert seen and seen[0]() is None
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_a_traced_or_scripted_model_is_refused_up_front():
+    model = TinyCNN().eval()
+    x = torch.randn(1, 3, 32, 32)
+    for compiled in (torch.jit.trace(model, x), torch.jit.script(model)):
+        with pytest.raises(TypeError) as info:
+            gradex.Explainer(compiled)
+        message = str(info.value)
+        assert message.startswith("model is a TorchScript module")
+        assert "eager torch.nn.Module" in message and "hooks" in message
+
+
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        (torch.tensor(3.7), "target must hold integer class ids, got torch.float32"),
+        (torch.tensor(True), "target must hold integer class ids, got torch.bool"),
+        (torch.tensor([True, False, True]), "target must hold integer class ids, got torch.bool"),
+        (torch.tensor(2.0, dtype=torch.float64), "target must hold integer class ids"),
+        (3.7, "target must hold integer class ids"),
+        (False, "target must be None, an int"),
+    ],
+)
+def test_float_and_bool_targets_are_refused_in_every_form(target, words):
+    explainer = gradex.Explainer(TinyCNN().eval())
+    with pytest.raises(TypeError) as info:
+        explainer(torch.randn(3, 3, 32, 32), target=target)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["float64", "float32", "bool_", "float_array", "bool_array"])
+def test_numpy_float_and_bool_targets_are_refused(kind):
+    np = pytest.importorskip("numpy")
+    target = {
+        "float64": np.float64(2.0),
+        "float32": np.float32(2.5),
+        "bool_": np.bool_(True),
+        "float_array": np.array([1.0, 2.0, 3.0]),
+        "bool_array": np.array([True, False, True]),
+    }[kind]
+    explainer = gradex.Explainer(TinyCNN().eval())
+    with pytest.raises(TypeError) as info:
+        explainer(torch.randn(3, 3, 32, 32), target=target)
+    assert str(info.value).startswith("target")
+
+
+@pytest.mark.parametrize(
+    "kind", ["int64", "int32", "uint8", "0-d array", "1-d int32 array", "int32 tensor"]
+)
+def test_integer_targets_of_any_integer_type_are_accepted(kind):
+    np = pytest.importorskip("numpy")
+    target, expected = {
+        "int64": (np.int64(2), [2, 2, 2]),
+        "int32": (np.int32(7), [7, 7, 7]),
+        "uint8": (np.uint8(4), [4, 4, 4]),
+        "0-d array": (np.array(5), [5, 5, 5]),
+        "1-d int32 array": (np.array([1, 2, 3], dtype=np.int32), [1, 2, 3]),
+        "int32 tensor": (torch.tensor(6, dtype=torch.int32), [6, 6, 6]),
+    }[kind]
+    explainer = gradex.Explainer(TinyCNN().eval())
+    x = torch.randn(3, 3, 32, 32)
+    exp = explainer(x, target=target)
+    assert torch.equal(exp.target, torch.tensor(expected))
+    assert torch.equal(exp.saliency, explainer(x, target=expected).saliency)
+    with pytest.raises(ValueError, match="target 10 is out of range"):
+        explainer(x, target=np.int64(10))
+
+
+def test_a_model_in_training_mode_is_refused_and_left_as_it_was():
+    # Switching a shared model to eval and back during a call races with other threads using it
+    # (their forwards would see the wrong mode, or update BatchNorm statistics): gradex never
+    # switches a model's mode, and asks for model.eval() instead.
+    model = TinyCNN()
+    model.train()
+    model.stage2.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    explainer = gradex.Explainer(model)
+    x = torch.randn(2, 3, 32, 32)
+    for call in (
+        lambda: explainer(x),
+        lambda: explainer.capture(x),
+        lambda: explainer.layers_for(x),
+        lambda: explainer.describe(32),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith("model is in training mode") and "model.eval()" in message
+        assert "stage1" in message
+    assert model.training and not model.stage2.training and model.stage1[1].training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _hook_count(model) == 0
+    model.eval()
+    assert explainer(x).saliency.shape == (2, 1, 32, 32)  # the same explainer, once in eval mode

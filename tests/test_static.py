@@ -80,7 +80,7 @@ def test_filling_the_static_input_in_place():
         ),
         (torch.randn(2, 3, 64, 65), "x has shape (2, 3, 64, 65)"),
         (torch.randn(2, 3, 64, 64, dtype=torch.float64), "x has dtype torch.float64"),
-        (torch.randn(2, 3, 64, 64, device="meta"), "x has device meta"),
+        (torch.randn(2, 3, 64, 64, device="meta"), "x is a meta tensor"),
         (torch.full((2, 3, 64, 64), float("inf")), "x contains NaN or Inf"),
     ],
 )
@@ -222,3 +222,41 @@ def test_cuda_graph_of_a_model_on_another_device_than_the_current_one():
         got = static(x)
     assert got.saliency.device == torch.device("cuda:1")
     assert_same_explanation(got, explainer(x), rtol=1e-5, atol=1e-5)
+
+
+# -- shared between threads -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["gradcam", "contrastive excitation"])
+def test_one_static_explainer_shared_by_threads_gives_each_caller_its_own_map(method):
+    import threading
+
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    static = gradex.Explainer(model, method=method).static(torch.randn(2, 3, 32, 32))
+    jobs = [(torch.randn(2, 3, 32, 32), [k, 9 - k] if k % 2 else None) for k in range(4)]
+    expected = [static(x, target=target) for x, target in jobs]
+    wrong, errors = [], []
+
+    def run(k):
+        x, target = jobs[k]
+        try:
+            for _ in range(25):
+                got = static(x, target=target)
+                for field in FIELDS:
+                    if not torch.equal(getattr(got, field), getattr(expected[k], field)):
+                        wrong.append((k, field))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert not wrong, wrong[:10]

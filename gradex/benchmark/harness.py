@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None, default_out: Path | None = None) -> int:
 def run_from_args(args: argparse.Namespace) -> int:
     device = _device(args.device)
     settings = _settings(args, device)
+    # Now, not after the whole run: the folder is writable and holds no foreign file at a name.
+    report.output_folder(args.out, measure.device_name(device), args.tag)
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     results = run(settings, device, command, args.out, args.tag)
     paths = report.write(results, args.out, args.tag)

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
+
+from ..cli_paths import (
+    ReportFolder,
+    is_gradex_json,
+    is_gradex_markdown,
+    is_gradex_png,
+    is_matplotlib_png,
+    mark_png,
+)
+
+TITLE = "# gradex end-to-end benchmark: "  # how the markdown starts
+_JSON_KEYS = {"machine", "settings", "peers", "configs"}
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -105,7 +118,7 @@ def markdown(results: dict) -> str:
     peers = ", ".join(f"{k} {v}" for k, v in results["peers"].items())
     settings = results["settings"]
     lines = [
-        f"# gradex end-to-end benchmark: {machine['device']}",
+        TITLE + machine["device"],
         "",
         f"- machine: {machine['device']}"
         + (f" (CUDA {machine['cuda']}, cuDNN {machine['cudnn']})" if "cuda" in machine else "")
@@ -138,9 +151,10 @@ def markdown(results: dict) -> str:
 _COLOURS = {"floor": "#7f7f7f", "gradex": "#1f77b4", "peer": "#d62728"}
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict) -> bytes | None:
     """One panel per (model, batch): each variant's p50 latency as a multiple of no-grad
-    inference (linear, so bar lengths compare), the absolute p50 written at the bar's end."""
+    inference (linear, so bar lengths compare), the absolute p50 written at the bar's end. The
+    PNG, marked as gradex's; None when no configuration has rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +162,7 @@ def plot(results: dict, path: Path) -> None:
 
     configs = [c for c in results["configs"] if c["rows"] and c["rows"][0]["x_inference"]]
     if not configs:
-        return
+        return None
     heights = [0.8 + 0.32 * len(c["rows"]) for c in configs]
     figure, axes = plt.subplots(
         len(configs), 1, figsize=(11, sum(heights)), squeeze=False, height_ratios=heights
@@ -176,19 +190,52 @@ def plot(results: dict, path: Path) -> None:
         ax.tick_params(labelsize=7)
     figure.suptitle(results["machine"]["device"], fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
+    return mark_png(buffer.getvalue(), "bench plot")
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40]
 
 
+def stem(device: str, tag: str = "") -> str:
+    """The files' name without suffix: ``e2e_<device>[_<tag>]``."""
+    return "e2e_" + _slug(device) + (f"_{_slug(tag)}" if tag else "")
+
+
+def output_folder(out: Path, device: str, tag: str = "") -> ReportFolder:
+    """``out`` checked for the results of a run on ``device`` (measure.device_name): created,
+    writable, and ``<stem>.{json,md,png}`` free or holding an earlier gradex benchmark's files.
+    A plot from before gradex marked its PNGs counts as gradex's when matplotlib saved it and
+    the ``<stem>.json`` beside it is a gradex benchmark. Raises ValueError naming ``--out``."""
+    name = stem(device, tag)
+
+    def is_results(path: Path) -> bool:
+        return is_gradex_json(path, _JSON_KEYS)
+
+    def is_plot(path: Path) -> bool:
+        return is_gradex_png(path) or (is_matplotlib_png(path) and is_results(out / f"{name}.json"))
+
+    return ReportFolder(
+        out,
+        {
+            f"{name}.json": is_results,
+            f"{name}.md": lambda path: is_gradex_markdown(path, TITLE),
+            f"{name}.png": is_plot,
+        },
+    )
+
+
 def write(results: dict, out: Path, tag: str = "") -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / ("e2e_" + _slug(results["machine"]["device"]) + (f"_{_slug(tag)}" if tag else ""))
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
-    paths[0].write_text(json.dumps(results, indent=2) + "\n")
-    paths[1].write_text(markdown(results))
-    plot(results, paths[2])
-    return [p for p in paths if p.exists()]
+    """Write the results into ``out`` (checked first: see :func:`output_folder`); the paths
+    written (no plot when no configuration has rows)."""
+    name = stem(results["machine"]["device"], tag)
+    folder = output_folder(out, results["machine"]["device"], tag)
+    files = {
+        f"{name}.json": (json.dumps(results, indent=2) + "\n").encode(),
+        f"{name}.md": markdown(results).encode(),
+        f"{name}.png": plot(results),
+    }
+    return [folder.write(file, data) for file, data in files.items() if data is not None]

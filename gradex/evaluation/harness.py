@@ -10,13 +10,17 @@ the embedded EfficientNet-Lite0) runs where scikit-image's sample photos are ins
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
 
 from ..benchmark import measure
 from ..cams import METHOD_CHOICES, get_method
+from ..cli_paths import prepare_out_file, write_atomically
 from ..explainer import Explainer
 from ..synthetic import available_seeds, load_model, make_images
 from . import report
@@ -129,6 +133,11 @@ def measure_cost(seed: int, batch: int = 64, reps: int = 10) -> dict:
     return {"batch": batch, "timing": timing, "peak_mib": memory, "cpu": measure.cpu_name()}
 
 
+def _runs_photos(settings: dict) -> bool:
+    """Whether testbed A runs (asked for, and its photos installed)."""
+    return settings["photos"] and bool(photo_paths())
+
+
 def run(settings: dict, progress=print) -> dict:
     results = {"settings": settings, "machine": measure.machine(torch.device("cpu")), "seeds": []}
     for seed in settings["seeds"]:
@@ -144,7 +153,7 @@ def run(settings: dict, progress=print) -> dict:
             )
         )
     results["photos"] = None
-    if settings["photos"] and photo_paths():
+    if _runs_photos(settings):
         results["photos"] = evaluate_photos(
             settings["photo_grids"],
             settings["photo_crops"],
@@ -180,13 +189,41 @@ def equivalences(seed: int) -> dict:
     }
 
 
+def _is_raw_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file that torch.save wrote (an earlier ``--raw``)."""
+    if os.path.islink(path) or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _check_raw(raw: Path, report_files: list[Path]) -> None:
+    prepare_out_file(raw, "--raw")
+    if raw.resolve() in {path.resolve() for path in report_files}:
+        raise ValueError(f"--raw {raw}: is one of the report's files in --out; give another name")
+    if os.path.lexists(raw) and not _is_raw_file(raw):
+        raise ValueError(
+            f"--raw {raw}: holds a file that torch.save did not write (not an earlier --raw); "
+            "gradex will not replace it"
+        )
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    # Now, not after the whole run: the report's files and --raw can all be written.
+    folder = report.output_folder(args.out, photos=_runs_photos(settings))
+    if args.raw is not None:
+        _check_raw(args.raw, list(folder.paths.values()))
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     results = run(settings)
     results["command"] = command
     if args.raw is not None:
-        torch.save(results, args.raw)
+        buffer = io.BytesIO()
+        torch.save(results, buffer)
+        write_atomically(args.raw, buffer.getvalue())
     paths = report.write(results, args.out)
     print(f"gradex evaluate: wrote {', '.join(str(p) for p in paths)}")
     return 0

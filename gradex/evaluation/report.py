@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 
+from ..cli_paths import (
+    ReportFolder,
+    is_gradex_json,
+    is_gradex_markdown,
+    is_gradex_png,
+    is_matplotlib_png,
+    mark_png,
+)
 from .rows import ABLATIONS
 from .stats import format_difference, format_mean, paired_difference, summary
 
@@ -25,6 +34,12 @@ PHOTO_METRICS = [m for m in METRICS if m not in ("energy_in_mask", "pointing_gam
 CONSTANT = "GE on a constant map (control)"
 PAPER = "gradcam + GE, paper's formula"
 GLOBAL = "gradcam + GE, global stage weighting"
+
+# The files of a report, and how an earlier report's are told from someone else's files.
+JSON_NAME, MARKDOWN_NAME = "evaluation.json", "README.md"
+EXAMPLES, PHOTO_EXAMPLES, METRICS_FIGURE = "examples.png", "examples_photos.png", "metrics.png"
+TITLE = "# gradex evaluation: "  # how the markdown starts
+_JSON_KEYS = {"settings", "machine", "summaries", "goals", "cost"}
 
 
 # -- numbers ----------------------------------------------------------------------------------
@@ -259,7 +274,7 @@ def markdown(
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
     methods = settings["methods"]
     lines = [
-        "# gradex evaluation: does Gradual Extrapolation sharpen without lying?",
+        TITLE + "does Gradual Extrapolation sharpen without lying?",
         "",
         f"- command: `{results.get('command', '')}`",
         f"- machine: {machine['cpu']}, {machine['threads']} threads; {versions}",
@@ -398,12 +413,12 @@ def markdown(
         f"| Grad-CAM + GE | {ge['p50_ms']:.2f} | {_mib(cost['peak_mib']['ge'])} |",
         f"| added by GE | {ge['p50_ms'] - coarse['p50_ms']:+.2f} | |",
         "",
-        "![examples, testbed B](examples.png)",
+        f"![examples, testbed B]({EXAMPLES})",
         "",
     ]
     if photos:
-        lines += ["![examples, testbed A](examples_photos.png)", ""]
-    lines += ["![metrics](metrics.png)"]
+        lines += [f"![examples, testbed A]({PHOTO_EXAMPLES})", ""]
+    lines += [f"![metrics]({METRICS_FIGURE})"]
     return "\n".join(lines) + "\n"
 
 
@@ -556,7 +571,17 @@ def _mib(value) -> str:
 # -- figures ----------------------------------------------------------------------------------
 
 
-def _panels(images, overlays, names, display, path: Path, contours=None) -> Path:
+def _png(figure) -> bytes:
+    """The figure as a PNG marked as gradex's, and closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return mark_png(buffer.getvalue(), "evaluate figure")
+
+
+def _panels(images, overlays, names, display, contours=None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -577,39 +602,34 @@ def _panels(images, overlays, names, display, path: Path, contours=None) -> Path
         for ax in axes[i]:
             ax.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return _png(figure)
 
 
-def _figures(results: dict, table: dict, out: Path) -> list[Path]:
+def _figures(results: dict, table: dict) -> dict[str, bytes]:
+    """Each figure's name and PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     examples = results["seeds"][0]["examples"]
-    paths = [
-        _panels(
+    figures = {
+        EXAMPLES: _panels(
             examples["images"],
             examples["maps"],
             list(examples["maps"]),
             lambda x: (x * 0.25 + 0.5).clamp(0, 1),
-            out / "examples.png",
             examples["masks"],
         )
-    ]
+    }
     photos = results.get("photos")
     if photos:
         shown = photos["examples"]
-        paths.append(
-            _panels(
-                shown["images"],
-                shown["maps"],
-                list(shown["maps"]),
-                lambda x: (x * 128 / 255 + 127 / 255).clamp(0, 1),
-                out / "examples_photos.png",
-            )
+        figures[PHOTO_EXAMPLES] = _panels(
+            shown["images"],
+            shown["maps"],
+            list(shown["maps"]),
+            lambda x: (x * 128 / 255 + 127 / 255).clamp(0, 1),
         )
 
     shown_metrics = ["energy_in_mask", "grid_localisation", "insertion_auc", "deletion_auc"]
@@ -626,17 +646,42 @@ def _figures(results: dict, table: dict, out: Path) -> list[Path]:
         ax.set_title(f"B: {METRICS[metric][0]}", fontsize=9)
         ax.tick_params(labelsize=7)
     figure.tight_layout()
-    metrics_path = out / "metrics.png"
-    figure.savefig(metrics_path, dpi=90)
-    plt.close(figure)
-    return [*paths, metrics_path]
+    figures[METRICS_FIGURE] = _png(figure)
+    return figures
+
+
+def output_folder(out: Path, photos: bool = True) -> ReportFolder:
+    """``out`` checked for a report (with testbed A's figure when ``photos``): created, writable,
+    and each of the report's names free or holding an earlier gradex report's file. A figure
+    from before gradex marked its PNGs counts as gradex's when matplotlib saved it and the
+    ``evaluation.json`` beside it is a gradex report. Raises ValueError naming ``--out``."""
+
+    def figure(path: Path) -> bool:
+        return is_gradex_png(path) or (is_matplotlib_png(path) and is_report(out / JSON_NAME))
+
+    figures = [EXAMPLES, *([PHOTO_EXAMPLES] if photos else []), METRICS_FIGURE]
+    return ReportFolder(
+        out,
+        {
+            JSON_NAME: is_report,
+            MARKDOWN_NAME: lambda path: is_gradex_markdown(path, TITLE),
+            **dict.fromkeys(figures, figure),
+        },
+    )
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` holds a gradex evaluation.json."""
+    return is_gradex_json(path, _JSON_KEYS)
 
 
 def write(results: dict, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the report into ``out`` (checked first: see :func:`output_folder`); the paths
+    written."""
+    photos = results.get("photos")
+    folder = output_folder(out, photos=bool(photos))
     table = summaries(results)
     goal_rows = goals(results)
-    photos = results.get("photos")
     photo_table = photo_summaries(photos) if photos else None
     failures = failing_cells(photos) if photos else None
     record = {
@@ -652,7 +697,10 @@ def write(results: dict, out: Path) -> list[Path]:
         "equivalences": results.get("equivalences"),
         "cost": results["cost"],
     }
-    paths = [out / "evaluation.json", out / "README.md"]
-    paths[0].write_text(json.dumps(record, indent=2) + "\n")
-    paths[1].write_text(markdown(results, table, goal_rows, photo_table, failures))
-    return paths + _figures(results, table, out)
+    files = {
+        JSON_NAME: json.dumps(record, indent=2) + "\n",
+        MARKDOWN_NAME: markdown(results, table, goal_rows, photo_table, failures),
+    }
+    files = {name: text.encode() for name, text in files.items()}
+    files.update(_figures(results, table))
+    return [folder.write(name, data) for name, data in files.items()]
