@@ -53,14 +53,17 @@ echo "TRITON_CACHE_DIR=$TRITON_CACHE_DIR"
 if has tests; then
   step "GPU tests (Triton compiled for the card, not interpreted)"
   # A failure is recorded and the timings still run: they are then not to be quoted.
-  # pytest-xdist, where installed, spreads the tests (and their Triton compiles) over the cores;
-  # the whole log goes to $OUT, its tail to this log.
+  # pytest-xdist, where installed, spreads the tests (and their Triton compiles) over the cores.
+  # -v names every test with its outcome as it finishes, so a run cut off by the time limit
+  # still says which failed (one was, on 2026-11-27: six failures, names lost with the summary).
+  # The whole log goes to $OUT; the failures and the tail to this log.
   PARALLEL=(); "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
-  timeout "${GPU_TESTS_TIMEOUT_S:-330}" "$PY" -m pytest -q -rfE -p no:cacheprovider "${PARALLEL[@]}" \
-    -m needs_cuda tests/ \
+  timeout "${GPU_TESTS_TIMEOUT_S:-330}" "$PY" -m pytest -v -rfE -p no:cacheprovider \
+    "${PARALLEL[@]}" -m needs_cuda tests/ \
     tests/test_kernel_registration.py::test_the_build_carries_the_kernels_ci_expects \
     > "$OUT/gpu_tests_log.txt" 2>&1 || echo "!! GPU tests FAILED (see $OUT/gpu_tests_log.txt)"
-  tail -60 "$OUT/gpu_tests_log.txt"
+  grep -E "(FAILED|ERROR) " "$OUT/gpu_tests_log.txt" | head -60 || true
+  tail -20 "$OUT/gpu_tests_log.txt"
 fi
 
 if has e2e; then

@@ -32,10 +32,15 @@ def test_every_backend_gives_the_references_heatmap_gradient(backend, device, dt
     heatmap = torch.rand(2, 1, 5, 6)
     acts = random_stages(2, [(31, 29), (11, 13)])
     weights = torch.randn(2, 1, 40, 40)
-    expected = heatmap_gradient("reference", "cpu", heatmap, acts, weights, **options)
+    # The reference on the same device: the fused backward is that chain there, and another
+    # device's rounding could move a pixel across a clip or the argmax (a step in the gradient).
+    expected = heatmap_gradient("reference", device, heatmap, acts, weights, **options)
     got = heatmap_gradient(backend, device, heatmap, acts, weights, **options)
-    assert expected.abs().amax() > 0
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().amax())
+    top = expected.abs().amax().item()
+    assert top > 0
+    # atol relative to the largest entry: an entry is a sum of terms of both signs, and CUDA's
+    # upsampling backward adds them with atomics, in no fixed order.
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * top)
 
 
 @pytest.mark.parametrize("backend, device, dtype", FP32_BACKENDS)
@@ -45,9 +50,9 @@ def test_the_gradient_flows_through_chains_split_over_several_calls(backend, dev
     acts = random_stages(1, sizes, channels=(2, 3))
     heatmap = torch.rand(1, 1, 4, 4)
     weights = torch.randn(1, 1, 40, 40)
-    expected = heatmap_gradient("reference", "cpu", heatmap, acts, weights)
+    expected = heatmap_gradient("reference", device, heatmap, acts, weights)
     got = heatmap_gradient(backend, device, heatmap, acts, weights)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().amax())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().amax().item())
 
 
 def test_the_backward_the_fused_ops_use_passes_gradcheck():
