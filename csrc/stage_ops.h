@@ -25,6 +25,8 @@ enum class Normalize : int64_t { kNone = 0, kMinMax = 1, kStandardize = 2 };
 constexpr float kLocalFloor = 1e-6f;
 constexpr float kMinFloor = 1e-30f;
 constexpr float kConstantRtol = 3.0517578125e-05f;  // 2^-15
+// The largest finite float32: a magnitude above it is +Inf (NaN compares false either way).
+constexpr float kFloatMax = 3.402823466e38f;
 
 template <Transform T>
 GRADEX_HOST_DEVICE float apply_transform(float v) {
@@ -74,13 +76,13 @@ GRADEX_HOST_DEVICE int64_t pool_end(int64_t i, int64_t in_size, int64_t out_size
 // A stage whose maximum is not positive and finite fired nowhere (or overflowed): GE zeroes the
 // map there instead of dividing by it.
 GRADEX_HOST_DEVICE bool stage_is_live(float sample_max) {
-  return sample_max > 0.f && sample_max <= 3.402823466e38f;  // false for NaN and +Inf
+  return sample_max > 0.f && sample_max <= kFloatMax;  // false for NaN and +Inf
 }
 
 // The largest finite magnitude seen so far, updated with v (NaN and Inf are skipped).
 GRADEX_HOST_DEVICE float finite_magnitude(float largest, float v) {
   const float m = fabsf(v);
-  return m <= 3.402823466e38f && m > largest ? m : largest;
+  return m <= kFloatMax && m > largest ? m : largest;
 }
 
 // Overflow: the chain works on the heatmap and on each live stage scaled by a power of two that

@@ -17,7 +17,7 @@ from .cams import METHOD_CHOICES
 from .cli_paths import REPORT_NAME, ExplainOutput
 from .explainer import Explainer
 from .images import ImageError, demo_photos, expand_inputs, load_rgb
-from .models import EMBEDDED_MODEL, known_models, load_model, unknown_model_message
+from .models import EMBEDDED_MODEL, check_model_name, load_model
 from .reference import PAPER_FORMULA
 
 METHOD_TITLES = {
@@ -136,8 +136,7 @@ def explain_command(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError("no images: give image files or folders, or --demo")
     device = _device(args.device)
-    if args.model not in known_models():
-        raise ValueError(unknown_model_message(args.model))
+    check_model_name(args.model)
     output = ExplainOutput(args.out, files)  # before any work: the folder is made and writable
     started = time.perf_counter()
     bundle = load_model(args.model, args.weights)

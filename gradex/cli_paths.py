@@ -242,3 +242,32 @@ class ReportFolder:
         path = self.paths[name]
         write_atomically(path, data)
         return path
+
+
+def report_folder(
+    folder: Path,
+    *,
+    json_name: str,
+    json_keys: set[str],
+    markdown_name: str,
+    title: str,
+    figures: list[str],
+) -> ReportFolder:
+    """The ``--out`` folder of a report made of one JSON record (with ``json_keys``), one
+    markdown page (starting with ``title``) and ``figures``. A figure from before gradex marked
+    its PNGs counts as gradex's when matplotlib saved it and the JSON beside it is gradex's."""
+
+    def is_record(path: Path) -> bool:
+        return is_gradex_json(path, json_keys)
+
+    def is_figure(path: Path) -> bool:
+        return is_gradex_png(path) or (is_matplotlib_png(path) and is_record(folder / json_name))
+
+    return ReportFolder(
+        folder,
+        {
+            json_name: is_record,
+            markdown_name: lambda path: is_gradex_markdown(path, title),
+            **dict.fromkeys(figures, is_figure),
+        },
+    )

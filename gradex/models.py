@@ -78,10 +78,14 @@ def known_models() -> tuple[str, ...]:
     return (EMBEDDED_MODEL, *torchvision.models.list_models(module=torchvision.models))
 
 
-def unknown_model_message(name: str) -> str:
+def check_model_name(name: str) -> None:
+    """Refuse a ``--model`` name that is not in ``known_models()``, with the close ones and the
+    whole list."""
+    if name in known_models():
+        return
     close = difflib.get_close_matches(name, known_models(), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    return (
+    raise ValueError(
         f"--model {name!r}: unknown model (torchvision has no model named {name!r}); {hint}"
         f"known: {EMBEDDED_MODEL} (embedded, the default) and torchvision's classifiers "
         f"{', '.join(known_models()[1:])}"
@@ -133,8 +137,7 @@ def load_weights(path: str | Path) -> dict:
 
 def load_torchvision(name: str, weights: str | Path) -> nn.Module:
     """A torchvision classifier by name, with weights from a local file (never downloaded)."""
-    if name not in known_models():
-        raise ValueError(unknown_model_message(name))
+    check_model_name(name)
     model = torchvision.models.get_model(name, weights=None)
     state = load_weights(weights)
     try:
@@ -160,8 +163,7 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | Path | None = None) ->
         return ModelBundle(
             name, load_lite0(), lite0_preprocess, imagenet_class_names(), 224, _LITE_MEAN, _LITE_STD
         )
-    if name not in known_models():
-        raise ValueError(unknown_model_message(name))
+    check_model_name(name)
     if weights is None:
         raise ValueError(
             f"--weights: torchvision model {name!r} needs a local weights file (--weights PATH); "

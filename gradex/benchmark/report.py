@@ -7,14 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from ..cli_paths import (
-    ReportFolder,
-    is_gradex_json,
-    is_gradex_markdown,
-    is_gradex_png,
-    is_matplotlib_png,
-    mark_png,
-)
+from ..cli_paths import ReportFolder, mark_png, report_folder
 
 TITLE = "# gradex end-to-end benchmark: "  # how the markdown starts
 _JSON_KEYS = {"machine", "settings", "peers", "configs"}
@@ -211,20 +204,13 @@ def output_folder(out: Path, device: str, tag: str = "") -> ReportFolder:
     A plot from before gradex marked its PNGs counts as gradex's when matplotlib saved it and
     the ``<stem>.json`` beside it is a gradex benchmark. Raises ValueError naming ``--out``."""
     name = stem(device, tag)
-
-    def is_results(path: Path) -> bool:
-        return is_gradex_json(path, _JSON_KEYS)
-
-    def is_plot(path: Path) -> bool:
-        return is_gradex_png(path) or (is_matplotlib_png(path) and is_results(out / f"{name}.json"))
-
-    return ReportFolder(
+    return report_folder(
         out,
-        {
-            f"{name}.json": is_results,
-            f"{name}.md": lambda path: is_gradex_markdown(path, TITLE),
-            f"{name}.png": is_plot,
-        },
+        json_name=f"{name}.json",
+        json_keys=_JSON_KEYS,
+        markdown_name=f"{name}.md",
+        title=TITLE,
+        figures=[f"{name}.png"],
     )
 
 

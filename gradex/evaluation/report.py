@@ -8,14 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli_paths import (
-    ReportFolder,
-    is_gradex_json,
-    is_gradex_markdown,
-    is_gradex_png,
-    is_matplotlib_png,
-    mark_png,
-)
+from ..cli_paths import ReportFolder, mark_png, report_folder
 from .rows import ABLATIONS
 from .stats import format_difference, format_mean, paired_difference, summary
 
@@ -655,24 +648,14 @@ def output_folder(out: Path, photos: bool = True) -> ReportFolder:
     and each of the report's names free or holding an earlier gradex report's file. A figure
     from before gradex marked its PNGs counts as gradex's when matplotlib saved it and the
     ``evaluation.json`` beside it is a gradex report. Raises ValueError naming ``--out``."""
-
-    def figure(path: Path) -> bool:
-        return is_gradex_png(path) or (is_matplotlib_png(path) and is_report(out / JSON_NAME))
-
-    figures = [EXAMPLES, *([PHOTO_EXAMPLES] if photos else []), METRICS_FIGURE]
-    return ReportFolder(
+    return report_folder(
         out,
-        {
-            JSON_NAME: is_report,
-            MARKDOWN_NAME: lambda path: is_gradex_markdown(path, TITLE),
-            **dict.fromkeys(figures, figure),
-        },
+        json_name=JSON_NAME,
+        json_keys=_JSON_KEYS,
+        markdown_name=MARKDOWN_NAME,
+        title=TITLE,
+        figures=[EXAMPLES, *([PHOTO_EXAMPLES] if photos else []), METRICS_FIGURE],
     )
-
-
-def is_report(path: Path) -> bool:
-    """Whether ``path`` holds a gradex evaluation.json."""
-    return is_gradex_json(path, _JSON_KEYS)
 
 
 def write(results: dict, out: Path) -> list[Path]:
