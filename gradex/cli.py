@@ -1,6 +1,7 @@
-"""The command line: ``gradex explain IMAGE_OR_DIR... --out DIR``, ``gradex explain --demo``, and
-``gradex bench`` (the end-to-end benchmark against no-grad inference and the peers) and
-``gradex evaluate`` (how good the maps are: the evaluation protocol's report)."""
+"""The command line: ``gradex explain IMAGE_OR_DIR... --out DIR``, ``gradex explain --demo``,
+``gradex serve`` (a model server speaking KServe's V1 and V2 protocols), ``gradex bench`` (the
+end-to-end benchmark against no-grad inference and the peers) and ``gradex evaluate`` (how good
+the maps are: the evaluation protocol's report)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from .cams import METHOD_CHOICES
 from .cli_paths import REPORT_NAME, ExplainOutput
+from .devices import parse_device
 from .explainer import Explainer
 from .images import ImageError, demo_photos, expand_inputs, load_rgb
 from .models import EMBEDDED_MODEL, check_model_name, load_model
@@ -63,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     from .benchmark.harness import add_arguments
 
     add_arguments(bench)
+    serve = commands.add_parser(
+        "serve",
+        help="serve explanations over HTTP (KServe V1 and V2 protocols, a page at /)",
+    )
+    from .serve.options import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve)
     evaluate = commands.add_parser(
         "evaluate", help="score every method with and without GE: a markdown report with figures"
     )
@@ -70,32 +79,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add_evaluate_arguments(evaluate)
     return parser
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name}: {error}") from error
-    if device.type == "meta":
-        raise ValueError(
-            f"--device {name}: meta tensors hold shapes, not values, so there is nothing to "
-            "explain; use cpu or cuda"
-        )
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: no CUDA device is available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif device.type != "cpu":
-        backend = getattr(torch, device.type, None)
-        if not getattr(backend, "is_available", lambda: False)():
-            raise ValueError(f"--device {name}: no {device.type} device is available here")
-    return device
 
 
 def _read_images(paths: list[Path], bundle, skipped: list[dict]):
@@ -135,7 +118,7 @@ def explain_command(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs) + (demo_photos() if args.demo else [])
     if not files:
         raise ValueError("no images: give image files or folders, or --demo")
-    device = _device(args.device)
+    device = parse_device(args.device)
     check_model_name(args.model)
     output = ExplainOutput(args.out, files)  # before any work: the folder is made and writable
     started = time.perf_counter()
@@ -222,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             from .benchmark.harness import run_from_args
 
             return run_from_args(args)
+        if args.command == "serve":
+            from .serve import run_from_args as serve_from_args
+
+            return serve_from_args(args)
         if args.command == "evaluate":
             from .evaluation.harness import run_from_args as evaluate_from_args
 

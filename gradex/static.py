@@ -41,7 +41,9 @@ class StaticExplainer:
 
     Calling it with ``x`` of another shape, dtype or device raises ``ValueError``: build one
     ``StaticExplainer`` per input shape. ``target`` may be None (top-1), an int, or one int per
-    sample; a callable target cannot be captured. ``self.input`` is the static input buffer:
+    sample, where a list may hold None for the samples to explain at their top-1 class (a server
+    batching requests that name a class with requests that do not); a callable target cannot be
+    captured. ``self.input`` is the static input buffer:
     filling it in place and calling with ``x=self.input`` saves one copy.
 
     In 'cuda_graph' mode the returned tensors are copies, unless ``copy=False``: then they are
@@ -79,7 +81,8 @@ class StaticExplainer:
         self._backend = resolve_backend(explainer.backend, example.device)
         batch = example.shape[0]
         self._given_ids = torch.zeros(batch, dtype=torch.long, device=example.device)
-        self._use_given = torch.zeros((), dtype=torch.bool, device=example.device)
+        # Per sample: the given class id, or the top-1 where False.
+        self._use_given = torch.zeros(batch, dtype=torch.bool, device=example.device)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._outputs: Explanation | None = None
         # Held from loading a call's input and targets until its results are copied out: the
@@ -150,9 +153,21 @@ class StaticExplainer:
                 "target: a StaticExplainer takes None, an int or one int per sample; "
                 "a callable target cannot be captured"
             )
-        ids = check_target_ids(target, self.input.shape[0], self.classes, self.input.device)
+        batch = self.input.shape[0]
+        given = None
+        if isinstance(target, (list, tuple)) and any(t is None for t in target):
+            if len(target) != batch:
+                raise ValueError(
+                    f"target must hold one class id per sample ({batch}), got {len(target)}"
+                )
+            given = torch.tensor([t is not None for t in target], dtype=torch.bool)
+            target = [0 if t is None else t for t in target]  # checked below, then masked
+        ids = check_target_ids(target, batch, self.classes, self.input.device)
         self._given_ids.copy_(ids)
-        self._use_given.fill_(True)
+        if given is None:
+            self._use_given.fill_(True)
+        else:
+            self._use_given.copy_(given)
 
     def __call__(self, x: torch.Tensor, target=None, *, copy: bool = True) -> Explanation:
         with self._lock:

@@ -112,6 +112,23 @@ def test_bad_targets(target, error, words):
     assert torch.equal(out.target, out.logits.argmax(1))
 
 
+def test_a_target_list_with_none_explains_those_samples_at_their_top1():
+    """A server batches requests that name a class with requests that do not."""
+    explainer = gradex.Explainer(TinyCNN().eval())
+    x = torch.randn(3, 3, 32, 32)
+    static = explainer.static(x)
+    got = static(x, target=[None, 7, None])
+    top1 = explainer(x).target
+    expected = explainer(x, target=[int(top1[0]), 7, int(top1[2])])
+    assert_same_explanation(got, expected, rtol=1e-5, atol=1e-6)
+    # The mask does not stick: the next call with no target explains every top-1 again.
+    assert torch.equal(static(x).target, top1)
+    with pytest.raises(ValueError, match="one class id per sample"):
+        static(x, target=[None, 7])
+    with pytest.raises(ValueError, match="out of range"):
+        static(x, target=[None, 10, None])
+
+
 def test_bad_construction():
     explainer = gradex.Explainer(TinyCNN().eval())
     x = torch.randn(1, 3, 32, 32)
@@ -183,6 +200,18 @@ def test_cuda_graph_with_amp_and_channels_last(amp_dtype):
     torch.testing.assert_close(got.saliency, expected.saliency, rtol=1e-3, atol=1e-3)
     full = gradex.Explainer(copy.deepcopy(get("resnet50")).cuda())(x.contiguous())
     assert (got.saliency - full.saliency).abs().mean() < 0.02
+
+
+@pytest.mark.needs_cuda
+def test_cuda_graph_with_a_target_list_holding_none():
+    model = copy.deepcopy(get("resnet18")).cuda()
+    explainer = gradex.Explainer(model)
+    x = torch.randn(3, 3, 64, 64, device="cuda")
+    static = explainer.static(x)
+    top1 = explainer(x).target
+    expected = explainer(x, target=[int(top1[0]), 5, int(top1[2])])
+    assert_same_explanation(static(x, target=[None, 5, None]), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(static(x).target, top1)
 
 
 @pytest.mark.needs_cuda
