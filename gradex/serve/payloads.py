@@ -14,7 +14,6 @@ import binascii
 import io
 import math
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,30 +69,27 @@ def _decode_image(field: str, encoded, max_pixels: int) -> Image.Image:
     if not data:
         raise BadRequest(f"{field}: empty image")
     try:
-        with warnings.catch_warnings():
-            # The pixel limit below is the server's own; PIL's bomb warning says the same.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only
-            width, height = image.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(
-                    f"{field}: {width}x{height} pixels is over the limit of {max_pixels:,} "
-                    "(--max-image-pixels)"
-                )
-            short, long = sorted((width, height))
-            if long > MAX_ASPECT * max(short, 1):
-                raise PayloadTooLarge(
-                    f"{field}: {width}x{height} pixels, an aspect ratio over {MAX_ASPECT}:1"
-                )
-            image.load()
-            # A phone photo stores its rotation in EXIF; the model should see it upright.
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")  # grey, palette and RGBA images as the RGB they show
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        if width * height > max_pixels:
+            raise PayloadTooLarge(
+                f"{field}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                "(--max-image-pixels)"
+            )
+        short, long = sorted((width, height))
+        if long > MAX_ASPECT * max(short, 1):
+            raise PayloadTooLarge(
+                f"{field}: {width}x{height} pixels, an aspect ratio over {MAX_ASPECT}:1"
+            )
+        image.load()
+        # A phone photo stores its rotation in EXIF; the model should see it upright.
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")  # grey, palette and RGBA images as the RGB they show
+    except PayloadTooLarge:
+        raise
     except Image.DecompressionBombError as error:
         raise PayloadTooLarge(f"{field}: {error}") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        if isinstance(error, PayloadTooLarge):
-            raise
         # Pillow names the in-memory file by its address; that says nothing to the client.
         detail = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error))
         raise BadRequest(

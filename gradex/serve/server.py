@@ -18,10 +18,12 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 
 from ..devices import parse_device
 from ..models import check_model_name, load_model
@@ -108,8 +110,7 @@ def _customise(app, model, options: ServeOptions) -> None:
         # FastAPI's default answer is 422 with the whole input echoed back (megabytes of
         # pixels for a V2 tensor): answer the first field at fault and why, like every 400 here.
         first = error.errors()[0] if error.errors() else {}
-        where = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-        where = [part for part in where if part != "InferenceRequest"]
+        where = [str(p) for p in first.get("loc", ()) if p not in ("body", "InferenceRequest")]
         field = ".".join(where) or "body"
         return JSONResponse({"error": f"{field}: {first.get('msg', 'invalid')}"}, status_code=400)
 
@@ -153,7 +154,8 @@ def _warm(model, options: ServeOptions) -> None:
 
 
 def serve(options: ServeOptions) -> int:
-    """Run until SIGTERM or SIGINT: then stop accepting, finish what is in flight, return 0."""
+    """Run until SIGTERM or SIGINT: then stop accepting, finish what is in flight, return 0.
+    Once per process: the routes go onto KServe's module-level FastAPI app."""
     device = parse_device(options.device)
     check_model_name(options.model)
     started = time.perf_counter()
@@ -163,14 +165,19 @@ def serve(options: ServeOptions) -> int:
 
     # KServe logs two timing lines per request at INFO (its "trace"); the access log stays.
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    # Pillow warns of images past its own pixel limit, which the server refuses by its own
+    # (--max-image-pixels). Set once for the process: catch_warnings() in each decoding
+    # thread would race on the global filter list.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
-    from .model import GradexModel
+    from .model import GradexModel  # only now: it imports kserve at its top
 
     model = GradexModel(options, bundle, device)
 
     class ModelServer(kserve.ModelServer):
         async def _serve(self):
-            # KServe's REST server is built inside start() with host 0.0.0.0; it binds in here.
+            # KServe's REST server is built inside start() with host 0.0.0.0 and binds in here
+            # (private names of KServe 0.21's ModelServer; the tests check the binding).
             self._rest_server.config.host = options.host
             await super()._serve()
 

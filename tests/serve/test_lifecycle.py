@@ -4,6 +4,7 @@ a full queue, SIGTERM while busy, and nothing written to disk."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
@@ -134,3 +135,25 @@ def test_nothing_is_written_to_disk(start_server, tmp_path, cat_image):
         assert httpx.post(server.url + EXPLAIN, json=body, timeout=60).status_code == 200
     assert server.stop() == 0
     assert list(work.iterdir()) == [] and list(home.rglob("*")) == []
+
+
+def _own_address() -> str | None:
+    """This machine's address on its first non-loopback interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_by_default_only_loopback_is_served(serve_process):
+    """KServe's own server listens on 0.0.0.0; gradex's default is 127.0.0.1."""
+    assert f"Uvicorn running on http://127.0.0.1:{serve_process.port}" in serve_process.log()
+    address = _own_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://{address}:{serve_process.port}/v2/health/live", timeout=2)
+    assert httpx.get(serve_process.url + "/v2/health/live").status_code == 200
