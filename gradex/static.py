@@ -27,6 +27,27 @@ from .ops import resolve_backend
 MODES = ("auto", "cuda_graph", "eager")
 
 
+def capture_cuda_graph(run, device: torch.device, warmup: int):
+    """``(graph, outputs)``: ``run()`` warmed up ``warmup`` times, then captured in a CUDA graph
+    whose replays rewrite ``outputs`` in place."""
+    # Everything on the given device, whichever device is current: the warm-up and the
+    # capture streams, the kernels' launches (torch.cuda.graph captures on the current
+    # device otherwise, and a model on cuda:1 would be captured on cuda:0).
+    with torch.cuda.device(device):
+        # Warm-up on a side stream, as CUDA graph capture asks: cuDNN picks its algorithms,
+        # Triton compiles, autograd starts its device thread, all before capture begins.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
+            outputs = run()
+    return graph, outputs
+
+
 class StaticExplainer:
     """An ``Explainer`` frozen for inputs shaped like ``example``.
 
@@ -110,22 +131,7 @@ class StaticExplainer:
         )
 
     def _capture(self, warmup: int) -> None:
-        device = self.input.device
-        # Everything on the input's device, whichever device is current: the warm-up and the
-        # capture streams, the kernels' launches (torch.cuda.graph captures on the current
-        # device otherwise, and a model on cuda:1 would be captured on cuda:0).
-        with torch.cuda.device(device):
-            # Warm-up on a side stream, as CUDA graph capture asks: cuDNN picks its algorithms,
-            # Triton compiles, autograd starts its device thread, all before capture begins.
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    self._explain()
-            torch.cuda.current_stream(device).wait_stream(side)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph, stream=torch.cuda.Stream(device)):
-                self._outputs = self._explain()
+        self._graph, self._outputs = capture_cuda_graph(self._explain, self.input.device, warmup)
 
     def _load_input(self, x) -> None:
         x = check_image_batch(x)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..explainer import Explainer
 from ..models import ModelBundle
-from ..static import StaticExplainer
+from ..static import StaticExplainer, capture_cuda_graph
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -38,18 +38,8 @@ class StaticPredictor:
         self.amp_dtype = amp_dtype
         self.input = example.clone()
         self._graph = None
-        device = example.device
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                side = torch.cuda.Stream(device)
-                side.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(side):
-                    for _ in range(warmup):
-                        self._forward()
-                torch.cuda.current_stream(device).wait_stream(side)
-                self._graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self._graph, stream=torch.cuda.Stream(device)):
-                    self._logits = self._forward()
+        if example.device.type == "cuda":
+            self._graph, self._logits = capture_cuda_graph(self._forward, example.device, warmup)
         else:
             for _ in range(warmup):
                 self._forward()
