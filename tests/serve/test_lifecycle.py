@@ -157,3 +157,35 @@ def test_by_default_only_loopback_is_served(serve_process):
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://{address}:{serve_process.port}/v2/health/live", timeout=2)
     assert httpx.get(serve_process.url + "/v2/health/live").status_code == 200
+
+
+def test_a_torchvision_model_with_local_weights_is_served(start_server, tmp_path, cat_image):
+    """Any model `gradex explain` takes: here ResNet-18 with random weights from a local file,
+    preprocessed with torchvision's own transform, explained with LayerCAM."""
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    server = start_server(
+        [
+            "--model",
+            "resnet18",
+            "--weights",
+            str(weights),
+            "--method",
+            "layercam",
+            "--max-batch",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    server.wait_ready()
+    body = {"instances": [{"image": {"b64": encoded(cat_image)}}]}
+    answer = httpx.post(f"{server.url}/v1/models/resnet18:explain", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    reply = answer.json()
+    assert reply["method"] == "layercam" and reply["layers"]["target"].startswith("layer4")
+    e = reply["explanations"][0]
+    assert e["saliency"]["shape"] == [224, 224] and e["cam"]["shape"] == [7, 7]
