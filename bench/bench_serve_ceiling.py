@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
+from bench_serve import slug
 from timing import time_interleaved
 
 from gradex import Explainer
@@ -86,7 +86,7 @@ def main() -> None:
             f"{r['gain_over_b1']}x |"
         )
     text = "\n".join(lines) + "\n"
-    stem = RESULTS / ("serve_ceiling_" + re.sub(r"[^a-z0-9]+", "_", info["device"].lower()))
+    stem = RESULTS / ("serve_ceiling_" + slug(info["device"]))
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     stem.with_suffix(".md").write_text(text)
     print(text)

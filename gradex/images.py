@@ -43,19 +43,28 @@ def _not_regular(path: Path, mode: int) -> ImageError:
     return ImageError(f"{path}: not a regular file ({kind}), not read")
 
 
-def check_size(path: str | Path, width: int, height: int) -> None:
-    """Refuse, by name, an image whose decoding or preprocessing would take unbounded memory."""
-    if width * height > MAX_PIXELS:
-        raise ImageError(
-            f"{path}: {width}x{height} pixels ({width * height:,}) is over the limit of "
-            f"{MAX_PIXELS:,} pixels, not decoded"
+def size_problem(width: int, height: int, max_pixels: int = MAX_PIXELS) -> str | None:
+    """Why an image of this size is refused before it is decoded, or None: over ``max_pixels``,
+    or an aspect ratio over MAX_ASPECT."""
+    if width * height > max_pixels:
+        return (
+            f"{width}x{height} pixels ({width * height:,}) is over the limit of "
+            f"{max_pixels:,} pixels"
         )
     short, long = sorted((width, height))
     if long > MAX_ASPECT * max(short, 1):
-        raise ImageError(
-            f"{path}: {width}x{height} pixels, an aspect ratio over the limit of {MAX_ASPECT}:1 "
-            "(its short side would be scaled up to the model's input size), not decoded"
+        return (
+            f"{width}x{height} pixels, an aspect ratio over the limit of {MAX_ASPECT}:1 "
+            "(its short side would be scaled up to the model's input size)"
         )
+    return None
+
+
+def check_size(path: str | Path, width: int, height: int) -> None:
+    """Refuse, by name, an image whose decoding or preprocessing would take unbounded memory."""
+    problem = size_problem(width, height)
+    if problem is not None:
+        raise ImageError(f"{path}: {problem}, not decoded")
 
 
 def _open_regular(path: Path):

@@ -10,23 +10,14 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from .metrics import min_max  # noqa: E402
-
-
-def _to_unit(saliency: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(1,h,w) or (h,w) map -> (H,W) numpy array in [0, 1] at ``size``."""
-    m = saliency.detach().float().reshape(1, 1, *saliency.shape[-2:])
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    return min_max(m[0]).view(m.shape[-2:]).cpu().numpy()
+from .metrics import unit_map  # noqa: E402
 
 
 def overlay(image: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
     """Blend a jet-coloured map over a (3,H,W) RGB image in [0, 1]; returns (H,W,3) in [0, 1]."""
     rgb = image.detach().float().permute(1, 2, 0).cpu().numpy()
-    heat = matplotlib.colormaps["jet"](_to_unit(saliency, rgb.shape[:2]))[..., :3]
+    heat = matplotlib.colormaps["jet"](unit_map(saliency, rgb.shape[:2]).cpu().numpy())[..., :3]
     return (1 - alpha) * rgb + alpha * heat
 
 

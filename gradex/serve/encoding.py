@@ -14,8 +14,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+
+from ..metrics import unit_map
 
 
 def top_k(probabilities: torch.Tensor, k: int, class_names: list[str]) -> list[dict]:
@@ -48,13 +49,15 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def as_uint8(values: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] as 0..255, rounded to the nearest level."""
+    return np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
+
+
 def array_map(values: torch.Tensor, map_format: str) -> dict:
     """A (h, w) map in [0, 1] as uint8 or float16 bytes."""
     array = values.numpy()
-    if map_format == "uint8":
-        array = np.rint(np.clip(array, 0, 1) * 255).astype(np.uint8)
-    else:
-        array = array.astype("<f2")
+    array = as_uint8(array) if map_format == "uint8" else array.astype("<f2")
     return {"format": map_format, "shape": list(array.shape), "b64": _b64(array.tobytes())}
 
 
@@ -62,13 +65,7 @@ def overlay_png(display: torch.Tensor, values: torch.Tensor, alpha: float = 0.5)
     """The map (rescaled to [0, 1], then to the image's size) in jet over ``display``, a (3,H,W)
     RGB image in [0, 1]; a PNG."""
     size = tuple(display.shape[-2:])
-    m = values.float().reshape(1, 1, *values.shape[-2:])
-    if tuple(m.shape[-2:]) != size:
-        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    m = m[0, 0]
-    low, high = m.min(), m.max()
-    m = (m - low) / (high - low) if high > low else torch.zeros_like(m)
-    heat = jet_table()[np.rint(m.numpy() * 255).astype(np.uint8)]
+    heat = jet_table()[np.rint(unit_map(values, size).numpy() * 255).astype(np.uint8)]
     rgb = (display.permute(1, 2, 0).numpy() * 255).astype(np.float32)
     blended = np.rint((1 - alpha) * rgb + alpha * heat).clip(0, 255).astype(np.uint8)
     png = io.BytesIO()

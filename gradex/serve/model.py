@@ -20,7 +20,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ..models import ModelBundle
 from .batching import Batched, DynamicBatcher
-from .encoding import array_map, overlay_png, top_k
+from .encoding import array_map, as_uint8, overlay_png, top_k
 from .options import AMP_CHOICES, ServeOptions
 from .payloads import (
     BadRequest,
@@ -153,14 +153,10 @@ class GradexModel(kserve.Model):
         results = await self._explain.submit([(i.image, i.target) for i in instances])
         explained = time.perf_counter()
         explanations = await self._off_loop(self._encode_explanations, instances, results, options)
-        layers = self.runner.layers
         return {
             "explanations": explanations,
             "method": self.runner.explainer.method_name,
-            "layers": {
-                "target": str(layers.target.ref),
-                "stages": [str(s.ref) for s in layers.stages],
-            },
+            "layers": self.runner.layer_names,
             "timings_ms": self._timings(started, decoded, results, time.perf_counter(), explained),
         }
 
@@ -254,17 +250,15 @@ class GradexModel(kserve.Model):
             add("target", np.array([v.target for v in values], dtype=np.int64))
             add("score", np.array([v.score for v in values], dtype=np.float32))
             saliency = torch.stack([v.saliency for v in values]).unsqueeze(1).numpy()
-            if options.map_format == "uint8":
-                saliency = np.rint(np.clip(saliency, 0, 1) * 255).astype(np.uint8)
-            else:
-                saliency = saliency.astype(np.float16)
+            saliency = (
+                as_uint8(saliency) if options.map_format == "uint8" else saliency.astype(np.float16)
+            )
             add("saliency", saliency)
             add("cam", torch.stack([v.cam for v in values]).unsqueeze(1).numpy())
         parameters = {"method": self.runner.explainer.method_name}
         if explain:
-            layers = self.runner.layers
-            parameters["target_layer"] = str(layers.target.ref)
-            parameters["stages"] = ",".join(str(s.ref) for s in layers.stages)
+            parameters["target_layer"] = self.runner.layer_names["target"]
+            parameters["stages"] = ",".join(self.runner.layer_names["stages"])
         timings = self._timings(started, decoded, results, time.perf_counter())
         parameters.update({f"{k}_ms" if k != "batch_size" else k: v for k, v in timings.items()})
         return InferResponse(

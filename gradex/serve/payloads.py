@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..images import MAX_ASPECT
+from ..images import size_problem
 
 MAP_FORMATS = ("uint8", "float16", "png", "none")
 
@@ -71,16 +71,10 @@ def _decode_image(field: str, encoded, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
         width, height = image.size
-        if width * height > max_pixels:
-            raise PayloadTooLarge(
-                f"{field}: {width}x{height} pixels is over the limit of {max_pixels:,} "
-                "(--max-image-pixels)"
-            )
-        short, long = sorted((width, height))
-        if long > MAX_ASPECT * max(short, 1):
-            raise PayloadTooLarge(
-                f"{field}: {width}x{height} pixels, an aspect ratio over {MAX_ASPECT}:1"
-            )
+        problem = size_problem(width, height, max_pixels)
+        if problem is not None:
+            flag = " (--max-image-pixels)" if width * height > max_pixels else ""
+            raise PayloadTooLarge(f"{field}: {problem}{flag}")
         image.load()
         # A phone photo stores its rotation in EXIF; the model should see it upright.
         image = ImageOps.exif_transpose(image)

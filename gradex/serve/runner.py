@@ -99,7 +99,7 @@ class Runner:
         self.sizes = buckets(max_batch)
         self._explainers: dict[int, StaticExplainer] = {}
         self._predictors: dict[int, StaticPredictor] = {}
-        self.layers = None
+        self.layer_names: dict | None = None  # {"target": name, "stages": [names]}, once warm
 
     def warm(self) -> None:
         """Build and warm every bucket. Random images, not zeros: a zero input leaves ReLU
@@ -112,7 +112,12 @@ class Runner:
             self._predictors[size] = StaticPredictor(
                 self.model, example, self.amp_dtype, self.warmup
             )
-        self.layers = self._explainers[self.sizes[0]].layers
+        layers = self._explainers[self.sizes[0]].layers
+        # Named once here: every answer carries them.
+        self.layer_names = {
+            "target": str(layers.target.ref),
+            "stages": [str(stage.ref) for stage in layers.stages],
+        }
 
     @property
     def classes(self) -> int:

@@ -16,25 +16,46 @@ from pathlib import Path
 
 import httpx
 
+MODEL = "efficientnet_lite0"
 READY_TIMEOUT_S = 180  # a cold start on a busy 2-core machine: imports, model, warm-up
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class ServerProcess:
-    """One ``python -m gradex serve`` child process, its port and its log."""
+    """One ``python -m gradex serve`` child process, its port and its log.
 
-    def __init__(self, args=(), *, cwd: Path | None = None, env: dict | None = None, log: Path):
-        self.port = free_port()
+    ``command`` runs another command line instead (a container's entrypoint), which must listen
+    on ``port``; ``name`` is the model's name in its URLs."""
+
+    def __init__(
+        self,
+        args=(),
+        *,
+        log: Path,
+        cwd: Path | None = None,
+        env: dict | None = None,
+        command: list[str] | None = None,
+        port: int | None = None,
+        name: str = MODEL,
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.name = name
+        self.command = command or [
+            *(sys.executable, "-m", "gradex", "serve", "--port", str(self.port)),
+            *args,
+        ]
+        # Liveness answers seen while readiness was not yet 200 (wait_ready records them).
+        self.live_while_warming: list[int] = []
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gradex", "serve", "--port", str(self.port), *args],
+            self.command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
@@ -55,10 +76,15 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gradex serve exited {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"{' '.join(self.command)} exited {self.process.returncode}:\n{self.log()}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + path, timeout=2).status_code == 200:
                     return
+                if path == "/v2/health/ready":  # listening, not ready: is it live meanwhile?
+                    live = httpx.get(self.url + "/v2/health/live", timeout=2).status_code
+                    self.live_while_warming.append(live)
             time.sleep(0.2)
         raise TimeoutError(f"gradex serve: {path} not 200 after {timeout} s:\n{self.log()}")
 
@@ -72,9 +98,6 @@ class ServerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
-
-
-MODEL = "efficientnet_lite0"
 
 
 def encoded(image, format: str = "JPEG") -> str:

@@ -9,14 +9,12 @@ it, and it must drain and exit 0 on SIGTERM as it would when a pod stops.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import io
 import json
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 import pytest
 
 yaml = pytest.importorskip("yaml", reason="pyyaml comes with the serve extra (kserve)")
+
+from .serving import ServerProcess, free_port  # noqa: E402 - after the importorskip
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -249,12 +249,6 @@ def test_manifest_args_parse_with_gradex_parser(image, container):
 # --- the command line, run ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("0.0.0.0", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
@@ -278,59 +272,16 @@ def _post_json(url: str, body: dict, timeout: float = 120.0) -> tuple[int, bytes
         return error.code, error.read()
 
 
-class _Server:
-    def __init__(self, command: list[str], port: int, name: str, log: Path):
-        self.command, self.port, self.name, self.log = command, port, name, log
-        self.base = f"http://127.0.0.1:{port}"
-        self.live_while_warming: list[int] = []  # /v2/health/live answers before ready
-        self.ready_after_s: float | None = None
-        self._log_file = open(log, "wb")  # noqa: SIM115  (closed in stop())
-        self.process = subprocess.Popen(
-            command, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-
-    def output(self) -> str:
-        self._log_file.flush()
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def wait_ready(self, within_s: float) -> None:
-        start = time.monotonic()
-        while time.monotonic() - start < within_s:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"`{' '.join(self.command)}` exited {self.process.returncode} before ready:\n"
-                    + self.output()
-                )
-            try:
-                status, _ = _get(self.base + "/v2/health/ready", timeout=5)
-            except OSError:  # not listening yet
-                time.sleep(0.5)
-                continue
-            if status == 200:
-                self.ready_after_s = time.monotonic() - start
-                return
-            with contextlib.suppress(OSError):  # a refused probe says nothing about liveness
-                self.live_while_warming.append(_get(self.base + "/v2/health/live", timeout=5)[0])
-            time.sleep(0.5)
-        pytest.fail(f"not ready within {within_s} s:\n" + self.output())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self._log_file.close()
-
-
 @pytest.fixture(scope="module")
 def server(image, container, tmp_path_factory):
     """ENTRYPOINT + the manifest's args (what a pod runs), on a free port."""
-    port = _free_port()
+    port = free_port("0.0.0.0")  # the server listens on every interface
     args = _with_port(container["args"], port)
     entrypoint = image["entrypoint"]
     assert entrypoint[0] == "gradex"
     command = [sys.executable, "-m", "gradex", *entrypoint[1:], *args]
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    running = _Server(command, port, _model_name(args), log)
+    running = ServerProcess(command=command, port=port, name=_model_name(args), log=log, cwd=ROOT)
     try:
         running.wait_ready(READY_WITHIN_S)
         yield running
@@ -341,7 +292,7 @@ def server(image, container, tmp_path_factory):
 def test_server_announces_ready_on_all_interfaces(server):
     # The spec's line; details may follow the name inside the parentheses.
     expected = rf"gradex serve: ready on http://0\.0\.0\.0:{server.port} \(model {server.name}\b"
-    assert re.search(expected, server.output()), server.output()
+    assert re.search(expected, server.log()), server.log()
 
 
 def test_liveness_answers_while_warming_up(server):
@@ -352,20 +303,20 @@ def test_liveness_answers_while_warming_up(server):
 
 
 def test_model_metadata_answers(server):
-    status, body = _get(f"{server.base}/v2/models/{server.name}")
+    status, body = _get(f"{server.url}/v2/models/{server.name}")
     assert status == 200, body[:500]
     assert json.loads(body)["name"] == server.name
-    status, body = _get(f"{server.base}/v2/models/no_such_model")
+    status, body = _get(f"{server.url}/v2/models/no_such_model")
     assert status == 404, body[:500]
 
 
 def test_probe_paths_answer_200(server, container):
     # The static route table the probe test checks against, held to the server itself.
     for path in sorted(_served_paths(server.name)):
-        status, body = _get(server.base + path)
+        status, body = _get(server.url + path)
         assert status == 200, (path, status, body[:500])
     for kind, probe in _probes(container).items():
-        status, body = _get(server.base + probe["httpGet"]["path"])
+        status, body = _get(server.url + probe["httpGet"]["path"])
         assert status == 200, (kind, status, body[:500])
 
 
@@ -381,7 +332,7 @@ def _png_b64(seed: int) -> str:
 
 def test_explain_answers(server):
     body = {"instances": [{"image": {"b64": _png_b64(0)}}], "parameters": {"map": "uint8"}}
-    status, answer = _post_json(f"{server.base}/v1/models/{server.name}:explain", body)
+    status, answer = _post_json(f"{server.url}/v1/models/{server.name}:explain", body)
     assert status == 200, answer[:500]
     explanation = json.loads(answer)["explanations"][0]
     assert explanation["saliency"]["format"] == "uint8"
@@ -393,7 +344,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server):
     http.client rather than urllib: each request must be wholly sent before the signal (urllib
     sends and waits in one call), so that a refused or reset one is the server's doing."""
     path = f"/v1/models/{server.name}:explain"
-    count = 24  # three full CPU batches: the last still on the model when the signal comes
+    count = 24  # six batches of the manifest's --max-batch 4: the last still queued at the signal
     bodies = [
         json.dumps(
             {"instances": [{"image": {"b64": _png_b64(i)}}], "parameters": {"map": "none"}}
@@ -421,6 +372,6 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server):
     try:
         code = server.process.wait(timeout=EXIT_WITHIN_S)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"still running {EXIT_WITHIN_S} s after SIGTERM:\n" + server.output())
-    assert code == 0, f"exit code {code} after SIGTERM:\n" + server.output()
+        pytest.fail(f"still running {EXIT_WITHIN_S} s after SIGTERM:\n" + server.log())
+    assert code == 0, f"exit code {code} after SIGTERM:\n" + server.log()
     assert results == [200] * count, f"{in_flight} of {count} in flight at SIGTERM: {results}"
