@@ -1,5 +1,6 @@
 """The command line: ``gradex explain IMAGE_OR_DIR... --out DIR``, ``gradex explain --demo``,
-``gradex serve`` (a model server speaking KServe's V1 and V2 protocols), ``gradex bench`` (the
+``gradex explain-dataset SRC --out DST`` (a whole dataset into Parquet, resumable, locally or on
+Ray), ``gradex serve`` (a model server speaking KServe's V1 and V2 protocols), ``gradex bench`` (the
 end-to-end benchmark against no-grad inference and the peers) and ``gradex evaluate`` (how good
 the maps are: the evaluation protocol's report)."""
 
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="GE as the paper computes it (global stage weighting, standardise-and-clip)",
     )
+    dataset = commands.add_parser(
+        "explain-dataset",
+        help="explain a whole dataset into Parquet (resumable; locally or on a Ray cluster)",
+    )
+    from .dataset.command import add_arguments as add_dataset_arguments
+
+    add_dataset_arguments(dataset)
     bench = commands.add_parser(
         "bench", help="time explanations against no-grad inference and the peers"
     )
@@ -209,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             from .serve import run_from_args as serve_from_args
 
             return serve_from_args(args)
+        if args.command == "explain-dataset":
+            from .dataset.command import run_from_args as dataset_from_args
+
+            return dataset_from_args(args)
         if args.command == "evaluate":
             from .evaluation.harness import run_from_args as evaluate_from_args
 

@@ -155,6 +155,17 @@ def load_torchvision(name: str, weights: str | Path) -> nn.Module:
     return model.eval()
 
 
+def preprocess_for(name: str) -> Callable[[Image.Image], torch.Tensor]:
+    """The model's preprocessing alone, without loading it (for decoding in other processes).
+    For torchvision models, the evaluation transform published for their default ImageNet
+    weights (resize, centre crop, interpolation, mean and std): built from metadata, no
+    download."""
+    if name == EMBEDDED_MODEL:
+        return lite0_preprocess
+    check_model_name(name)
+    return torchvision.models.get_model_weights(name).DEFAULT.transforms()
+
+
 def load_model(name: str = EMBEDDED_MODEL, weights: str | Path | None = None) -> ModelBundle:
     """The model, its preprocessing and class names for the CLI."""
     if name == EMBEDDED_MODEL:
@@ -174,9 +185,7 @@ def load_model(name: str = EMBEDDED_MODEL, weights: str | Path | None = None) ->
     if not Path(weights).is_file():  # a folder, a FIFO (reading it would block), a device
         raise FileNotFoundError(f"--weights {weights}: not a regular file")
     model = load_torchvision(name, weights)
-    # The evaluation transform torchvision publishes for the model's default ImageNet weights
-    # (resize, centre crop, interpolation, mean and std); built from metadata, no download.
-    transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    transform = preprocess_for(name)
     classes = _output_classes(model)
     names = imagenet_class_names() if classes == 1000 else [f"class {i}" for i in range(classes)]
     return ModelBundle(

@@ -19,8 +19,9 @@ import torch
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ..models import ModelBundle
+from ..overlays import as_uint8
 from .batching import Batched, DynamicBatcher
-from .encoding import array_map, as_uint8, overlay_png, top_k
+from .encoding import array_map, overlay_png, top_k
 from .options import AMP_CHOICES, ServeOptions
 from .payloads import (
     BadRequest,

@@ -14,7 +14,8 @@ from PIL import Image
 
 import gradex
 from gradex.models import ModelBundle
-from gradex.serve.encoding import array_map, jet_table, overlay_png
+from gradex.overlays import jet_table
+from gradex.serve.encoding import array_map, overlay_png
 from gradex.serve.runner import Runner, buckets
 
 

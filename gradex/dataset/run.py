@@ -1,0 +1,147 @@
+"""``explain_dataset``: the whole job, from SRC to DST, on the engine asked for."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..cams import METHOD_CHOICES
+from ..devices import parse_device
+from ..models import EMBEDDED_MODEL, check_model_name
+from .explaining import MAP_DTYPES, ExplainOptions
+from .job import ShardAssembler, Summary, plan_job
+
+ENGINES = ("local", "ray")
+RAY_DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_SHARD_SIZE = 512
+
+
+def default_workers(device) -> int:
+    """Decoding processes: on a GPU as many as there are cores (up to 8); on the CPU the explainer
+    needs the cores itself, so one fewer than there are (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, cores) if device.type == "cuda" else max(1, (cores or 2) - 1)
+
+
+def default_batch_size(device_type: str) -> int:
+    return 64 if device_type == "cuda" else 8
+
+
+def _positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def explain_dataset(
+    src: str | Path,
+    out: str | Path,
+    *,
+    model: str = EMBEDDED_MODEL,
+    weights: str | Path | None = None,
+    method: str = "gradcam",
+    gradual: bool = True,
+    paper: bool = False,
+    map_size: int | None = None,
+    map_dtype: str = "uint8",
+    top_k: int = 5,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    batch_size: int | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    overlays: str | Path | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    actors: int | None = None,
+    progress: bool = True,
+) -> Summary:
+    """Explain every image of SRC into the Parquet dataset DST (see ``gradex explain-dataset``).
+
+    Resumable: rerun with the same arguments after a kill and only the unfinished shards are
+    done; every image ends up exactly once in DST's rows or in its ``_errors`` table.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if method not in METHOD_CHOICES:
+        raise ValueError(f"--method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
+    if map_dtype not in MAP_DTYPES:
+        raise ValueError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {map_dtype!r}")
+    for name, value in (("--top-k", top_k), ("--shard-size", shard_size)):
+        _positive(name, value)
+    for name, value in (
+        ("--map-size", map_size),
+        ("--batch-size", batch_size),
+        ("--actors", actors),
+    ):
+        _positive(name, value, allow_none=True)
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+    ):
+        raise ValueError(f"--workers must be an int >= 0, got {workers!r}")
+    if engine == "local" and (address is not None or actors is not None):
+        raise ValueError("--address and --actors are for --engine ray")
+    check_model_name(model)
+    if engine == "ray":
+        # The device of the cluster's actors, not of this machine (a CPU-only head may drive
+        # GPU workers): checked against the cluster once it is joined.
+        if device not in RAY_DEVICES:
+            raise ValueError(f"--device {device}: the Ray engine takes {', '.join(RAY_DEVICES)}")
+    else:
+        torch_device = parse_device(device)
+    options = ExplainOptions(
+        model,
+        None if weights is None else str(weights),
+        method,
+        gradual,
+        paper,
+        map_size,
+        map_dtype,
+        top_k,
+    )
+    started = time.perf_counter()
+    plan = plan_job(
+        src,
+        out,
+        options,
+        shard_size=shard_size,
+        overlays=None if overlays is None else Path(overlays),
+    )
+    done_before = len(plan.items) - len(plan.pending_items())
+    bar = tqdm(
+        total=len(plan.items), initial=done_before, unit="img", disable=not progress, smoothing=0.1
+    )
+    assembler = ShardAssembler(plan, bar, started)
+    try:
+        if engine == "local":
+            from .local_engine import run_local
+
+            run_local(
+                plan,
+                assembler,
+                device=torch_device,
+                batch_size=batch_size or default_batch_size(torch_device.type),
+                workers=default_workers(torch_device) if workers is None else workers,
+            )
+        else:
+            from .ray_engine import run_ray
+
+            run_ray(
+                plan,
+                assembler,
+                device=device,
+                batch_size=batch_size,
+                address=address,
+                actors=actors,
+            )
+    finally:
+        bar.close()
+        plan.output.close()
+    unfinished = assembler.unfinished()
+    if unfinished:  # an engine that lost images without saying so: never report success
+        raise RuntimeError(f"shards {unfinished} were not completed; rerun to finish them")
+    assembler.summary.seconds = time.perf_counter() - started
+    return assembler.summary
