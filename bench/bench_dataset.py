@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from processes import process_tree
 
 RESULTS = Path(__file__).parent / "results"
 GOALS = {
@@ -58,17 +59,6 @@ def slug(text: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # process memory, from /proc (the job's decoding workers are its children)
-
-
-def process_tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-    return pids
 
 
 def pss_mib(pid: int) -> float | None:
@@ -382,8 +372,8 @@ def main(argv=None) -> int:
             print(f"rep {rep + 1}/{reps}: explainer alone, then the local engine", flush=True)
             alone.append(row_in_subprocess("alone", listing, work, args.batch_size))
             local.append(row_in_subprocess("local", listing, work, args.batch_size))
-        alone_rate = statistics.median(r["steady_img_s"] for r in alone)
-        local_rate = statistics.median(r["steady_img_s"] for r in local)
+        alone_rate = round(statistics.median(r["steady_img_s"] for r in alone), 2)
+        local_rate = round(statistics.median(r["steady_img_s"] for r in local), 2)
         rows = [
             {
                 "name": "explainer alone, decoded tensors",
@@ -395,7 +385,7 @@ def main(argv=None) -> int:
                 "name": "local engine (files)",
                 "images": local[0]["images"],
                 "steady_img_s": local_rate,
-                "whole_job_img_s": statistics.median(r["whole_job_img_s"] for r in local),
+                "whole_job_img_s": round(statistics.median(r["whole_job_img_s"] for r in local), 2),
                 "ratio": round(local_rate / alone_rate, 3),
                 "runs": local,
             },

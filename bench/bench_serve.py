@@ -44,6 +44,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from processes import process_tree
 
 RESULTS = Path(__file__).parent / "results"
 VERBS = ("predict", "explain")
@@ -124,19 +125,6 @@ def free_port() -> int:
 
 def server_command(port: int, server_args: list[str]) -> list[str]:
     return [sys.executable, "-m", "gradex", "serve", "--port", str(port), *server_args]
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and its descendants (a server may fork workers), from /proc."""
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            # A process may exit while it is walked.
-            with contextlib.suppress(OSError):
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-    return pids
 
 
 def rss_mib(pid: int) -> float | None:

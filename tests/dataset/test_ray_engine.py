@@ -45,6 +45,8 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(listing, tmp_path):
             progress=False,
         )
         assert ray.is_initialized()  # a cluster the caller started is left running
+        # Ray reads DST as it is: the rows, not the errors table or the job's own files.
+        assert ray.data.read_parquet(str(distributed)).count() == 57
         with pytest.raises(ValueError, match="--device cuda: the Ray cluster has no GPUs"):
             explain_dataset(listing, tmp_path / "gpu", device="cuda", engine="ray", progress=False)
     finally:
@@ -68,8 +70,8 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(listing, tmp_path):
             assert difference.max() <= 1, column
 
 
-def _actor_pids() -> list[int]:
-    """Processes of Ray Data's actor pool (the explainer actors), by their process title."""
+def _ray_pids(marker: str) -> list[int]:
+    """Ray worker processes whose title (``ray::<what they run>``) holds ``marker``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -77,12 +79,12 @@ def _actor_pids() -> list[int]:
                 title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if title.startswith("ray::") and "MapWorker" in title:
+            if title.startswith("ray::") and marker in title:
                 pids.append(int(entry.name))
     return pids
 
 
-def test_an_actor_killed_mid_run_loses_no_image_and_doubles_none(sample_root, tmp_path):
+def test_an_actor_and_a_worker_killed_mid_run_lose_no_image_and_double_none(sample_root, tmp_path):
     listing = tmp_path / "images.txt"
     files = sorted(p for p in sample_root.rglob("*") if p.is_file())[:120]
     listing.write_text("".join(f"{p}\n" for p in files))
@@ -115,9 +117,11 @@ def test_an_actor_killed_mid_run_loses_no_image_and_doubles_none(sample_root, tm
             assert job.poll() is None, job.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no shard within 300 s"
             time.sleep(0.1)
-        victims = _actor_pids()
-        assert victims, "no Ray Data actor process found to kill"
-        for pid in victims:
+        # The explainer actor (Ray Data's MapWorker), and the decoding task's worker when one
+        # is running at that moment.
+        actors = _ray_pids("MapWorker")
+        assert actors, "no Ray Data actor process found to kill"
+        for pid in actors + _ray_pids("MapBatches(decode_batch)"):
             os.kill(pid, signal.SIGKILL)
         stdout, stderr = job.communicate(timeout=600)
     finally:
