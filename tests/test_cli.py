@@ -90,3 +90,19 @@ def test_a_missing_device_is_a_usage_error(tmp_path, capsys):
     assert "no CUDA device is available" in capsys.readouterr().err
     assert cli.main(["explain", "--demo", "--out", str(tmp_path), "--device", "gpu0"]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_the_command_line_needs_neither_pyarrow_nor_ray_unless_asked():
+    """`gradex explain` works with the base install: the dataset job's parser is built for every
+    command, but pyarrow (the dataset extra) and Ray load only when explain-dataset runs."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, gradex, gradex.cli, gradex.dataset\n"
+        "gradex.cli._parser().parse_args(['explain', '--demo'])\n"
+        "print(sorted(m for m in ('pyarrow', 'ray', 'pandas', 'duckdb') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

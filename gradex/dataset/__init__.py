@@ -6,7 +6,18 @@ explainer runs) and Ray Data (``--engine ray``, the ``ray`` extra) for a cluster
 (the ``dataset`` extra); nothing here is imported by ``import gradex`` until used.
 """
 
-from .run import explain_dataset
-from .table import Maps, load_maps, read_metadata
-
 __all__ = ["Maps", "explain_dataset", "load_maps", "read_metadata"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: these need pyarrow, and the command line imports this package's
+    # parser for every gradex command, with or without the dataset extra.
+    if name == "explain_dataset":
+        from .run import explain_dataset
+
+        return explain_dataset
+    if name in ("Maps", "load_maps", "read_metadata"):
+        from . import table
+
+        return getattr(table, name)
+    raise AttributeError(f"module 'gradex.dataset' has no attribute {name!r}")

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from ..cams import METHOD_CHOICES
 from ..models import EMBEDDED_MODEL
-from .explaining import MAP_DTYPES
-from .run import DEFAULT_SHARD_SIZE, ENGINES
-from .shards import ERRORS_DIR
+from .choices import DEFAULT_SHARD_SIZE, ENGINES, ERRORS_DIR, MAP_DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

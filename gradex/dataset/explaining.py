@@ -22,8 +22,6 @@ from ..overlays import as_uint8, overlay_png
 from ..reference import PAPER_FORMULA
 from ..static import StaticExplainer
 
-MAP_DTYPES = ("uint8", "float16")
-
 
 @dataclass(frozen=True)
 class ExplainOptions:

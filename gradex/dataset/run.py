@@ -11,12 +11,9 @@ from tqdm import tqdm
 from ..cams import METHOD_CHOICES
 from ..devices import parse_device
 from ..models import EMBEDDED_MODEL, check_model_name
-from .explaining import MAP_DTYPES, ExplainOptions
+from .choices import DEFAULT_SHARD_SIZE, ENGINES, MAP_DTYPES, RAY_DEVICES
+from .explaining import ExplainOptions
 from .job import ShardAssembler, Summary, plan_job
-
-ENGINES = ("local", "ray")
-RAY_DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_SHARD_SIZE = 512
 
 
 def default_workers(device) -> int:

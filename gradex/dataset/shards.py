@@ -29,11 +29,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .choices import ERRORS_DIR
 from .explaining import ExplainOptions
 from .sources import Item
 
 JOB_FILE = "_gradex_job.json"
-ERRORS_DIR = "_errors"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
 
