@@ -8,6 +8,7 @@ writable and matched against the job it already holds.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import time
@@ -47,7 +48,7 @@ def resolve_targets(items: list[Item], class_names: list[str], src) -> list[Item
                 f"SRC {src}: {item.id}: target {target} is out of range for "
                 f"{len(class_names)} classes"
             )
-        resolved.append(Item(item.index, item.id, item.path, target, item.label))
+        resolved.append(dataclasses.replace(item, target=target))
     return resolved
 
 
@@ -92,8 +93,6 @@ class Plan:
 def plan_job(
     src, dst, options: ExplainOptions, *, shard_size: int, overlays: Path | None = None
 ) -> Plan:
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     items = read_source(src)
     bundle = load_model(options.model, options.weights)
     items = resolve_targets(items, bundle.class_names, src)

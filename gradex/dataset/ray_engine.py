@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from ..models import preprocess_for
+from .choices import default_batch_size
 from .decoding import decode
 from .explaining import BatchExplainer, BatchResult, ExplainOptions
 from .job import Plan, ShardAssembler
-from .run import default_batch_size
 
 
 def decode_batch(batch: dict, model: str) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,27 +10,23 @@ from tqdm import tqdm
 from ..cams import METHOD_CHOICES
 from ..devices import parse_device
 from ..models import EMBEDDED_MODEL, check_model_name
-from .choices import DEFAULT_SHARD_SIZE, ENGINES, MAP_DTYPES, RAY_DEVICES
+from .choices import (
+    DEFAULT_SHARD_SIZE,
+    ENGINES,
+    MAP_DTYPES,
+    RAY_DEVICES,
+    default_batch_size,
+    default_workers,
+)
 from .explaining import ExplainOptions
 from .job import ShardAssembler, Summary, plan_job
 
 
-def default_workers(device) -> int:
-    """Decoding processes: on a GPU as many as there are cores (up to 8); on the CPU the explainer
-    needs the cores itself, so one fewer than there are (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(8, cores) if device.type == "cuda" else max(1, (cores or 2) - 1)
-
-
-def default_batch_size(device_type: str) -> int:
-    return 64 if device_type == "cuda" else 8
-
-
-def _positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
+def _check_count(name: str, value, minimum: int = 1, *, optional: bool = False) -> None:
+    if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def explain_dataset(
@@ -68,17 +63,14 @@ def explain_dataset(
     if map_dtype not in MAP_DTYPES:
         raise ValueError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {map_dtype!r}")
     for name, value in (("--top-k", top_k), ("--shard-size", shard_size)):
-        _positive(name, value)
+        _check_count(name, value)
     for name, value in (
         ("--map-size", map_size),
         ("--batch-size", batch_size),
         ("--actors", actors),
     ):
-        _positive(name, value, allow_none=True)
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
-    ):
-        raise ValueError(f"--workers must be an int >= 0, got {workers!r}")
+        _check_count(name, value, optional=True)
+    _check_count("--workers", workers, 0, optional=True)
     if engine == "local" and (address is not None or actors is not None):
         raise ValueError("--address and --actors are for --engine ray")
     check_model_name(model)

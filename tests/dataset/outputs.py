@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from gradex.dataset.shards import ERRORS_DIR
 from gradex.dataset.sources import read_source
+from gradex.dataset.table import ERROR_FIELDS
 
 
 def rows(out: Path):
@@ -20,7 +22,7 @@ def errors(out: Path):
     folder = out / ERRORS_DIR
     files = sorted(folder.glob("*.parquet"))
     return (
-        pq.read_table(files[0]).schema.empty_table()
+        pa.schema(ERROR_FIELDS).empty_table()
         if not files
         else ds.dataset([str(f) for f in files], format="parquet").to_table()
     )
@@ -36,3 +38,8 @@ def assert_exactly_once(src: Path, out: Path) -> None:
         f"missing {sorted(set(expected) - set(found))[:5]}, "
         f"unexpected {sorted(set(found) - set(expected))[:5]}"
     )
+
+
+def uint8_map_difference(a: bytes, b: bytes) -> int:
+    """The largest difference, in 0..255 levels, between two stored uint8 maps."""
+    return int(np.abs(np.frombuffer(a, np.uint8).astype(int) - np.frombuffer(b, np.uint8)).max())

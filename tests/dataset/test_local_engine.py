@@ -18,7 +18,7 @@ from gradex.images import load_rgb
 from gradex.models import load_model
 
 from .conftest import BROKEN, SAMPLES
-from .outputs import assert_exactly_once, errors, rows
+from .outputs import assert_exactly_once, errors, rows, uint8_map_difference
 
 
 def test_every_image_is_once_in_the_rows_or_the_errors(sample_root, local_output):
@@ -264,11 +264,8 @@ def test_on_a_gpu_the_rows_equal_the_cpus(sample_root, local_output, tmp_path):
     a, b = rows(on_cpu).to_pylist(), rows(on_gpu).to_pylist()
     assert [r["target"] for r in a] == [r["target"] for r in b]
     for x, y in zip(a, b, strict=True):
-        difference = np.abs(
-            np.frombuffer(x["saliency"], np.uint8).astype(int)
-            - np.frombuffer(y["saliency"], np.uint8).astype(int)
-        )
-        assert difference.max() <= 2  # TF32 convolutions and other kernels than the CPU's
+        # TF32 convolutions and other kernels than the CPU's.
+        assert uint8_map_difference(x["saliency"], y["saliency"]) <= 2
 
 
 @pytest.mark.parametrize(

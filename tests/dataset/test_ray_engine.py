@@ -8,14 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra")
 
 from gradex.dataset import explain_dataset  # noqa: E402
 
-from .outputs import assert_exactly_once, errors, rows  # noqa: E402
+from .outputs import assert_exactly_once, errors, rows, uint8_map_difference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +62,7 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(listing, tmp_path):
         assert (a["target"], a["top_classes"]) == (b["target"], b["top_classes"])
         assert a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-4)
         for column in ("saliency", "cam"):
-            difference = np.abs(
-                np.frombuffer(a[column], np.uint8).astype(int)
-                - np.frombuffer(b[column], np.uint8).astype(int)
-            )
-            assert difference.max() <= 1, column
+            assert uint8_map_difference(a[column], b[column]) <= 1, column
 
 
 def _ray_pids(marker: str) -> list[int]:
