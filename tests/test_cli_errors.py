@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from gradex import cli
@@ -81,3 +82,56 @@ def test_an_unknown_model_is_named_with_the_known_ones(tmp_path, capsys, image):
         capsys, "explain", image, "--model", "resnet81", "--weights", weights, "--out", tmp_path
     )
     assert code == 2 and "unknown model" in line and "did you mean resnet18" in line
+
+
+class _TinyNet(torch.nn.Module):
+    """A user's own model class; unpickling it would call __setstate__, which leaves a mark."""
+
+    def __init__(self, mark):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.mark = str(mark)
+
+    def __setstate__(self, state):
+        os.mkdir(state["mark"])
+        super().__setstate__(state)
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "own class"])
+def test_a_whole_pickled_model_is_refused_with_what_to_do(tmp_path, capsys, image, kind):
+    weights = tmp_path / "model.pth"
+    ran = tmp_path / "UNPICKLED"
+    model = torchvision.models.resnet18() if kind == "torchvision" else _TinyNet(ran)
+    torch.save(model, weights)  # the whole model, not its state dict
+    args = ["explain", image, "--model", "resnet18", "--weights", weights]
+    code, line = _run(capsys, *args, "--out", tmp_path / "out")
+    assert code == 2 and f"--weights {weights}: holds Python objects beyond tensors" in line
+    assert "torch.save(model.state_dict(), PATH)" in line
+    assert ("torchvision.models.resnet.ResNet" if kind == "torchvision" else "_TinyNet") in line
+    assert "safe_globals" not in line  # never advise trusting the pickle
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        ("1000", "--target 1000: out of range; class ids run from 0 to 999"),
+        ("tabby cat", "--target 'tabby cat': no class of this name; did you mean 'tabby' (281)"),
+        (
+            "CARDIGAN",
+            "--target 'CARDIGAN': 2 classes have this name, 'Cardigan' (264), 'cardigan' (474); "
+            "give the id or the name as spelt",
+        ),
+    ],
+)
+def test_a_bad_target_is_refused_by_name(tmp_path, capsys, image, target, words):
+    code, line = _run(capsys, "explain", image, "--target", target, "--out", tmp_path / "out")
+    assert code == 2 and words in line
+
+
+def test_labels_that_do_not_match_the_model_are_refused(tmp_path, capsys, image):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    code, line = _run(capsys, "explain", image, "--labels", labels, "--out", tmp_path / "out")
+    assert code == 2
+    assert f"--labels {labels}: 2 class names, but the model has 1000 classes" in line

@@ -8,7 +8,10 @@ import struct
 import threading
 import zlib
 
+import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
 from gradex import cli, images
@@ -110,3 +113,85 @@ def test_fifos_and_folders_named_like_images_are_skipped_without_blocking(tmp_pa
     report = json.loads((out / "results.json").read_text())
     assert [r["panel"] for r in report["images"]] == ["a_good.gradex.png"]
     assert len(report["skipped"]) == 3
+
+
+# Photos as users have them: grey, 16-bit, transparent, and phone photos stored sideways.
+
+
+def test_grey_16_bit_and_transparent_images_are_explained_not_skipped(tmp_path, capsys):
+    photos = tmp_path / "in"
+    photos.mkdir()
+    cat = images.load_rgb(images.demo_photos()[0]).resize((96, 64))
+    cat.convert("L").save(photos / "grey.jpg")
+    cat.convert("L").save(photos / "grey.png")
+    grey16 = (np.asarray(cat.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(photos / "grey16.png")
+    cat.convert("RGBA").save(photos / "rgba.png")
+    out = tmp_path / "out"
+    assert _explain(photos, out) == 0, capsys.readouterr().err
+    report = json.loads((out / "results.json").read_text())
+    assert report["skipped"] == []
+    by_file = {r["file"].rsplit("/", 1)[1]: r for r in report["images"]}
+    assert sorted(by_file) == ["grey.jpg", "grey.png", "grey16.png", "rgba.png"]
+    # The 16-bit copy is the 8-bit grey photo to the model: the same classes and probabilities.
+    assert by_file["grey16.png"]["top5"] == by_file["grey.png"]["top5"]
+
+
+def test_a_phone_photo_is_explained_upright(tmp_path, capsys):
+    photos = tmp_path / "in"
+    photos.mkdir()
+    cat = images.load_rgb(images.demo_photos()[0])
+    cat.save(photos / "a_upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display: how phones store portraits
+    cat.transpose(Image.Transpose.ROTATE_90).save(photos / "b_phone.jpg", exif=exif, quality=95)
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(photos), "--out", str(out)]) == 0, capsys.readouterr().err
+    upright, phone = json.loads((out / "results.json").read_text())["images"]
+    assert upright["target"] == phone["target"] == 285  # Egyptian cat
+    for a, b in zip(upright["top5"], phone["top5"], strict=True):
+        assert a["class"] == b["class"] and abs(a["prob"] - b["prob"]) < 0.02
+
+
+# Checkpoints and class names as users have them.
+
+
+def test_a_fine_tuned_ddp_checkpoint_with_labels_and_a_target_by_name(tmp_path, capsys):
+    model = torchvision.models.resnet18(num_classes=10)
+    weights = tmp_path / "checkpoint.pth"
+    state = torch.nn.DataParallel(model).state_dict()  # every key starts with "module."
+    torch.save({"epoch": 30, "model": state, "args": {"lr": 0.01}}, weights)
+    labels = tmp_path / "classes.txt"
+    names = ["airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    labels.write_text("\n".join(names) + "\n")
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48), (90, 120, 200)).save(image)
+    out = tmp_path / "out"
+    args = ["explain", str(image), "--model", "resnet18", "--weights", str(weights)]
+    args += ["--labels", str(labels), "--target", "Horse", "--out", str(out)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "results.json").read_text())
+    (record,) = report["images"]
+    assert record["target"] == 7 and record["target_name"] == "horse"
+    assert {entry["name"] for entry in record["top5"]} <= set(names)
+    assert report["labels"] == str(labels) and report["weights"] == str(weights)
+    assert (out / record["panel"]).stat().st_size > 0
+
+
+def test_a_timm_model_by_name_from_safetensors(tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    weights = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), weights)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"0": "ok", "1": "scratch", "2": "dent"}))
+    image = tmp_path / "part.png"
+    Image.new("RGB", (80, 64), (90, 120, 200)).save(image)
+    out = tmp_path / "out"
+    args = ["explain", str(image), "--model", "timm:test_resnet", "--weights", str(weights)]
+    args += ["--labels", str(labels), "--target", "dent", "--out", str(out)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "results.json").read_text())
+    assert report["model"] == "timm:test_resnet" and report["target_layer"]
+    assert report["images"][0]["target_name"] == "dent"

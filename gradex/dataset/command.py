@@ -20,9 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, help="the Parquet dataset to write")
     parser.add_argument(
-        "--model", default=EMBEDDED_MODEL, help=f"{EMBEDDED_MODEL} (embedded) or a torchvision name"
+        "--model",
+        default=EMBEDDED_MODEL,
+        help=f"{EMBEDDED_MODEL} (embedded), a torchvision name, or timm:NAME",
     )
-    parser.add_argument("--weights", help="local weights file for a torchvision model")
+    parser.add_argument("--weights", help="local weights file for a torchvision or timm model")
     parser.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     parser.add_argument("--no-gradual", action="store_true", help="plain upsampled CAM, no GE")
     parser.add_argument(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cams import METHOD_CHOICES
-from ..models import EMBEDDED_MODEL
+from ..models import EMBEDDED_MODEL, TIMM_PREFIX
 
 AMP_CHOICES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # On a CPU a convolution costs about the same per image at any batch size, and a large batch
@@ -39,7 +39,8 @@ class ServeOptions:
 
     @property
     def model_name(self) -> str:
-        return self.name or self.model
+        # timm:NAME's prefix says where the model comes from; a URL has no room for the ':'.
+        return self.name or self.model.removeprefix(TIMM_PREFIX)
 
     @property
     def max_body_bytes(self) -> int:
@@ -79,9 +80,11 @@ class ServeOptions:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=EMBEDDED_MODEL, help=f"{EMBEDDED_MODEL} (embedded) or a torchvision name"
+        "--model",
+        default=EMBEDDED_MODEL,
+        help=f"{EMBEDDED_MODEL} (embedded), a torchvision name, or timm:NAME",
     )
-    parser.add_argument("--weights", help="local weights file for a torchvision model")
+    parser.add_argument("--weights", help="local weights file for a torchvision or timm model")
     parser.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(

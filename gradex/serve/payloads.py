@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from ..images import size_problem
+from ..images import as_rgb, size_problem
 
 MAP_FORMATS = ("uint8", "float16", "png", "none")
 
@@ -76,9 +76,8 @@ def _decode_image(field: str, encoded, max_pixels: int) -> Image.Image:
             flag = " (--max-image-pixels)" if width * height > max_pixels else ""
             raise PayloadTooLarge(f"{field}: {problem}{flag}")
         image.load()
-        # A phone photo stores its rotation in EXIF; the model should see it upright.
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")  # grey, palette and RGBA images as the RGB they show
+        # Upright, grey and 16-bit scaled, transparency on white: as the CLI reads files.
+        return as_rgb(image)
     except PayloadTooLarge:
         raise
     except Image.DecompressionBombError as error:
