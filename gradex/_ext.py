@@ -29,7 +29,14 @@ def load() -> tuple[bool, str]:
     try:
         from . import _C  # noqa: F401  (loading the library registers the ops)
     except ImportError as error:
-        return False, f"gradex._C is not built ({error}); build it with: {BUILD_COMMAND}"
+        # pip compiles the kernels only when torch can be imported while it builds: a plain
+        # `pip install` builds in an isolated environment without torch, and installs gradex
+        # without them (the build's warning is hidden unless pip runs with -v).
+        return False, (
+            f"gradex._C is not built ({error}): this gradex was installed without its compiled "
+            "kernels, as pip does without --no-build-isolation (torch must be importable while "
+            f"building) or without a C++ compiler; build them with: {BUILD_COMMAND}"
+        )
     _register_fakes()
     return True, "gradex._C loaded"
 

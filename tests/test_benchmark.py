@@ -41,6 +41,15 @@ def test_the_harness_runs_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
     from gradex.cli_paths import is_gradex_png
 
     assert is_gradex_png(tmp_path / f"{stem}.png")  # marked: a rerun may replace it
+    # A smoke test's times are no measurements, and every output says so.
+    out = capsys.readouterr().out
+    assert "### tiny, batch 1, " in out and "(smoke test)" in out.split("### tiny")[1][:80]
+    assert out.rstrip().endswith(
+        "times and x-inference ratios are NOT measurements. Run gradex "
+        "bench without --quick for numbers."
+    )
+    assert "NOT measurements" in markdown.split("###")[0]
+    assert results["settings"]["smoke_test"] and "NOT measurements" in results["note"]
 
 
 def test_bad_arguments_are_refused(capsys):

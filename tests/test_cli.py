@@ -27,7 +27,8 @@ def test_bad_files_are_skipped_and_the_rest_explained(tmp_path, capsys):
     cat = images.demo_photos()[0]
     (inputs / "cat.png").write_bytes(cat.read_bytes())
     (inputs / "broken.jpg").write_text("not an image")
-    Image.new("L", (40, 40)).save(inputs / "grey.png")
+    # A grey photo is explained (it was skipped as "not an RGB image" before issue 14).
+    Image.open(cat).convert("L").resize((60, 40)).save(inputs / "grey.png")
     out = tmp_path / "out"
     code = cli.main(
         [
@@ -45,11 +46,12 @@ def test_bad_files_are_skipped_and_the_rest_explained(tmp_path, capsys):
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert "broken.jpg: cannot read as an image" in err and "grey.png: not an RGB image" in err
+    assert "broken.jpg: cannot read as an image" in err and "grey.png" not in err
     report = json.loads((out / "results.json").read_text())
-    assert [r["panel"] for r in report["images"]] == ["cat.gradex.png"]
-    assert report["images"][0]["target"] == 281 and report["images"][0]["target_name"] == "tabby"
-    assert len(report["skipped"]) == 2
+    assert [r["panel"] for r in report["images"]] == ["cat.gradex.png", "grey.gradex.png"]
+    for record in report["images"]:
+        assert record["target"] == 281 and record["target_name"] == "tabby"
+    assert len(report["skipped"]) == 1
 
 
 def test_no_gradual_and_duplicate_names(tmp_path):

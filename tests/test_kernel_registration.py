@@ -159,6 +159,30 @@ def test_info_command_lists_the_backends():
         assert name in result.stdout
 
 
+def test_an_install_without_kernels_says_why_and_how_to_build_them():
+    """pip without --no-build-isolation installs gradex without gradex._C (torch is missing
+    from its build environment): the fallback warning and gradex.info must say so."""
+    probe = (
+        "import sys, warnings; sys.modules['gradex._C'] = None\n"  # as if never built
+        "import torch, gradex\n"
+        "from gradex import info\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    gradex.extrapolate(torch.rand(1, 1, 2, 2), [torch.rand(1, 3, 4, 4)])\n"
+        "print(caught[0].message)\n"
+        "print(info.report())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    )
+    warning, report = result.stdout.split("\n", 1)
+    for text in (warning, report):
+        assert "installed without its compiled kernels" in text
+        assert "without --no-build-isolation" in text
+        assert 'build them with: pip install --no-build-isolation -e ".[test]"' in text
+    assert "using the reference" in warning
+
+
 def test_extrapolate_with_each_cpu_backend_agrees():
     acts = [torch.rand(2, 4, 12, 12), torch.rand(2, 6, 6, 6)]
     heatmap = torch.rand(2, 1, 3, 3)

@@ -71,6 +71,7 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict:
     if settings["warmup"] < 0:
         raise ValueError("--warmup must be at least 0")
     settings["variants"] = args.variants or list(VARIANTS)
+    settings["smoke_test"] = bool(args.quick)
     return settings
 
 
@@ -115,6 +116,7 @@ def run_config(name: str, batch: int, device: torch.device, settings: dict, peer
         "rows": [],
         "skipped": {},
         "failed": {},
+        "smoke_test": settings.get("smoke_test", False),
     }
     built = {}
     for key in settings["variants"]:
@@ -191,6 +193,8 @@ def run(
         "command": command,
         "configs": [],
     }
+    if settings.get("smoke_test"):
+        results["note"] = report.SMOKE_TEST_NOTE
     for name in settings["models"]:
         for batch in settings["batches"]:
             print(f"gradex bench: {name}, batch {batch}, on {results['machine']['device']}")
@@ -220,6 +224,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     results = run(settings, device, command, args.out, args.tag)
     paths = report.write(results, args.out, args.tag)
     print(f"gradex bench: wrote {', '.join(str(p) for p in paths)}")
+    if settings["smoke_test"]:
+        print(f"gradex bench: {report.SMOKE_TEST_NOTE}")
     trouble = [
         f"{c['model']} b{c['batch']} {key}"
         for c in results["configs"]

@@ -11,6 +11,14 @@ from ..cli_paths import ReportFolder, mark_png, report_folder
 
 TITLE = "# gradex end-to-end benchmark: "  # how the markdown starts
 _JSON_KEYS = {"machine", "settings", "peers", "configs"}
+# `gradex bench --quick` times a tiny model twice: enough to show that every variant runs and
+# agrees, far too little for its times to mean anything (0.45x inference has been read as a
+# result). Said beside every table it prints and in every file it writes.
+SMOKE_TEST_NOTE = (
+    "SMOKE TEST (--quick: a tiny model, 2 calls per variant): it checks that every variant runs "
+    "and agrees; its times and x-inference ratios are NOT measurements. Run gradex bench "
+    "without --quick for numbers."
+)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -45,6 +53,9 @@ def config_table(config: dict) -> str:
         )
     for key, why in {**config["skipped"], **config["failed"]}.items():
         lines.append(f"\n- {key}: {'FAILED: ' if key in config['failed'] else 'skipped: '}{why}")
+    if config.get("smoke_test"):
+        lines[0] += " (smoke test)"
+        lines.append(f"\n**{SMOKE_TEST_NOTE}**")
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +124,7 @@ def markdown(results: dict) -> str:
     lines = [
         TITLE + machine["device"],
         "",
+        *([f"**{SMOKE_TEST_NOTE}**", ""] if settings.get("smoke_test") else []),
         f"- machine: {machine['device']}"
         + (f" (CUDA {machine['cuda']}, cuDNN {machine['cudnn']})" if "cuda" in machine else "")
         + f"; host CPU {machine['cpu']}, {machine['threads']} threads; Python {machine['python']}",

@@ -13,7 +13,8 @@ SAMPLES = 240  # crops of the demo photos and synthetic images, in ImageFolder l
 BROKEN = {  # files a real dataset holds, each to land in the errors table with its reason
     "broken/truncated.jpg": "cannot read as an image",
     "broken/text.png": "cannot read as an image",
-    "broken/grey.png": "not an RGB image",
+    # A grey image was refused here before issue 14; now it is converted, as in the CLI.
+    "broken/strip.png": "an aspect ratio over the limit",
 }
 
 
@@ -27,7 +28,7 @@ def sample_root(tmp_path_factory) -> Path:
     whole = next(root.rglob("*.jpg")).read_bytes()
     (root / "broken/truncated.jpg").write_bytes(whole[: len(whole) // 3])
     (root / "broken/text.png").write_text("not a picture\n")
-    Image.new("L", (64, 64), 128).save(root / "broken/grey.png")
+    Image.new("RGB", (2, 400), (200, 10, 10)).save(root / "broken/strip.png")
     return root
 
 
