@@ -15,6 +15,8 @@ def read_labels(path: str | Path) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from Windows editors
     except UnicodeDecodeError as error:
         raise ValueError(f"--labels {path}: not UTF-8 text ({error.reason})") from error
+    except OSError as error:  # missing, a folder, unreadable
+        raise ValueError(f"--labels {path}: {error.strerror or error}") from error
     if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
         names = _json_labels(path, text)
     else:

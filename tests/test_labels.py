@@ -43,6 +43,16 @@ def test_bad_labels_files_are_refused_by_flag(tmp_path, text, words):
         labels.read_labels(path)
 
 
+def test_a_missing_or_unreadable_labels_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"--labels .*missing.txt: No such file"):
+        labels.read_labels(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match=r"--labels .*: Is a directory"):
+        labels.read_labels(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"--labels .*latin1.txt: not UTF-8 text"):
+        labels.read_labels(tmp_path / "latin1.txt")
+
+
 def test_the_label_count_must_match_the_model(tmp_path):
     with pytest.raises(ValueError, match="5 class names, but the model has 10 classes"):
         labels.check_label_count("l.txt", NAMES, 10)
