@@ -22,6 +22,7 @@ DEFAULT_MAX_BATCH = {"cpu": 2, "cuda": 32}
 class ServeOptions:
     model: str = EMBEDDED_MODEL
     weights: str | None = None
+    labels: str | None = None  # a file of class names (gradex.labels)
     method: str = "gradcam"
     device: str = "auto"
     amp: str = "none"
@@ -85,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{EMBEDDED_MODEL} (embedded), a torchvision name, or timm:NAME",
     )
     parser.add_argument("--weights", help="local weights file for a torchvision or timm model")
+    parser.add_argument(
+        "--labels", help="class names, one a line in class-id order (or a JSON list or {id: name})"
+    )
     parser.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
@@ -129,6 +133,7 @@ def from_args(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
         model=args.model,
         weights=args.weights,
+        labels=args.labels,
         method=args.method,
         device=args.device,
         amp=args.amp,

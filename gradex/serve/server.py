@@ -159,7 +159,7 @@ def serve(options: ServeOptions) -> int:
     device = parse_device(options.device)
     check_model_name(options.model)
     started = time.perf_counter()
-    bundle = load_model(options.model, options.weights)
+    bundle = load_model(options.model, options.weights, options.labels)
     kserve = import_kserve()
     from kserve.model_server import app
 

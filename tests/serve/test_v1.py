@@ -177,3 +177,15 @@ def test_exif_orientation_is_applied(serve_process, cat_image):
     assert a["target"] == b["target"]
     corr = np.corrcoef(decode_map(a["saliency"]).ravel(), decode_map(b["saliency"]).ravel())[0, 1]
     assert corr > 0.9  # JPEG at 95 vs PNG: close, not identical
+
+
+def test_labels_name_the_classes_in_answers(start_server, cat_image, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"kind {i}\n" for i in range(1000)))
+    server = start_server(["--labels", str(labels), "--max-batch", "1"])
+    server.wait_ready()
+    instance = {"image": {"b64": encoded(cat_image)}, "target": "kind 281"}
+    body = {"instances": [instance], "parameters": {"map": "none", "top_k": 2}}
+    (e,) = post(server, "explain", body).json()["explanations"]
+    assert e["target"] == 281 and e["target_name"] == "kind 281"
+    assert [entry["name"] for entry in e["top_k"]] == [f"kind {c['class']}" for c in e["top_k"]]
