@@ -87,10 +87,12 @@ def _is_signed_activation(module: nn.Module) -> bool:
 
 
 def _is_attention_module(module: nn.Module) -> bool:
-    # torch's own, and timm's Attention, WindowAttention, AttentionCl, PartitionAttentionCl...:
-    # what they compute inside (queries, keys, (B*windows, heads, N, N) probabilities) is never
-    # a map of the image, though some of it is 4-D.
-    return isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__
+    # torch's own, and timm's Attention, WindowAttention, AttentionCl, PartitionAttentionCl,
+    # TalkingHeadAttn, ClassAttn...: what they compute inside (queries, keys, (B*windows, heads,
+    # N, N) probabilities, CaiT's Linear across heads on (B,N,N,heads)) is never a map of the
+    # image, though some of it is 4-D and some channels-last.
+    name = type(module).__name__
+    return isinstance(module, nn.MultiheadAttention) or "Attention" in name or "Attn" in name
 
 
 def _channels_at(module: nn.Module, shape: tuple[int, ...]) -> str | None:
@@ -531,11 +533,21 @@ def find_entry(traced: Sequence[TracedOutput], spec, model: nn.Module, what: str
         if len(matches) > 1:
             options = ", ".join(str(e.ref) for e in matches)
             raise ValueError(f"{what}: {name!r} runs {len(matches)} times; name one of {options}")
-        return matches[0]
+        return _not_attention(matches[0], what)
     for entry in matches:
         if entry.ref.call == call:
-            return entry
+            return _not_attention(entry, what)
     raise ValueError(f"{what}: {name!r} has no call #{call} with a (B,C,H,W) output")
+
+
+def _not_attention(entry: TracedOutput, what: str) -> TracedOutput:
+    if entry.attention:
+        raise ValueError(
+            f"{what}: {entry.ref} is an attention tensor ({entry.module_type}, shape "
+            f"{'x'.join(map(str, entry.shape[1:]))}), not a map of the image; name a block or "
+            "stage output (or leave it out to let gradex find one)"
+        )
+    return entry
 
 
 def choose_layers(

@@ -53,7 +53,7 @@ class TinyCNN(nn.Module):
 
 # timm transformers with random weights, small enough for quick tests at 64x64: a hierarchical
 # one (Swin: four stages, channels-last maps, window attention), single-resolution ones (ViT
-# with a class token, with register tokens, with average pooling) and MaxViT (channels-first
+# with a class token, with register tokens, with average pooling; CaiT) and MaxViT (channels-first
 # blocks holding channels-last attention).
 TIMM_MODELS = {
     "swin": (
@@ -75,6 +75,12 @@ TIMM_MODELS = {
             "class_token": False,
             "global_pool": "avg",
         },
+    ),
+    # CaiT: talking-heads attention (a Linear across heads on (B,N,N,heads): channels-last and
+    # 4-D, and still attention), then class-attention blocks that append the class token.
+    "cait": (
+        "cait_xxs24_224",
+        {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "depth_token_only": 1},
     ),
     "maxvit": ("maxvit_rmlp_pico_rw_256", {}),
 }

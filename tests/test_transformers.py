@@ -90,7 +90,12 @@ def test_attention_tensors_are_recognised_and_never_feature_maps():
 
 @pytest.mark.parametrize(
     "key, target, prefix",
-    [("vit", "blocks.0", 1), ("vit_registers", "blocks.0", 5), ("vit_avg", "blocks.1", 0)],
+    [
+        ("vit", "blocks.0", 1),
+        ("vit_registers", "blocks.0", 5),
+        ("vit_avg", "blocks.1", 0),
+        ("cait", "blocks.1", 0),  # its class token joins after the patch blocks
+    ],
 )
 def test_vit_gradcam_on_its_patch_tokens(key, target, prefix):
     """Grad-CAM on the last block the score reads, on the 8x8 patch grid: with a class token
@@ -171,3 +176,9 @@ def test_torchvision_swin_is_read_by_its_stages_not_by_its_final_permute():
         "features.5",
         "features.7",
     ]
+
+
+def test_an_attention_tensor_named_as_the_target_is_refused():
+    explainer = gradex.Explainer(get_timm("swin"), target_layer="layers.3.blocks.0.attn.softmax")
+    with pytest.raises(ValueError, match=r"target_layer: .* is an attention tensor"):
+        explainer.layers_for(X)
