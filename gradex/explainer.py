@@ -26,7 +26,15 @@ from ._validation import (
     check_normalize,
     check_stage_weighting,
 )
-from .capture import NON_NEGATIVE, HookSession, Layers, check_eager, choose_layers, trace
+from .capture import (
+    NON_NEGATIVE,
+    HookSession,
+    Layers,
+    check_eager,
+    choose_layers,
+    smallest_input_for,
+    trace,
+)
 from .excitation import ExcitationHooks
 from .ops import Backend, check_backend_name, extrapolate_reduced, resolve_backend
 from .reference import apply_transform
@@ -223,16 +231,42 @@ class Explainer:
         with self._lock:
             if size not in self._layers:
                 _check_eval_mode(self.model, self._modules)
-                traced = trace(self.model, x[:1].detach())
-                self._layers[size] = choose_layers(
-                    traced,
+                probe = x[:1].detach()
+                layers = choose_layers(
+                    trace(self.model, probe),
                     size,
                     self.model,
                     self.target_layer,
                     self.stages,
                     allow_signed=self.stage_transform is not None,
                 )
+                self._check_layers(layers, probe)
+                self._layers[size] = layers
             return self._layers[size]
+
+    def _check_layers(self, layers: Layers, probe: torch.Tensor) -> None:
+        size = "x".join(str(v) for v in probe.shape[-2:])
+        if layers.collapsed is not None:
+            # The last feature map is 1x1 at this size (ResNet-50's layer4 at 32x32). Taking
+            # the last larger map instead would explain another layer at each input size, so
+            # the maps of one model would not compare; a 1x1 map localises nothing.
+            larger = smallest_input_for(self.model, probe, layers.collapsed)
+            if larger is not None:
+                raise ValueError(
+                    f"x: at {size} px the model's last feature map, {layers.collapsed.ref}, is "
+                    "1x1, so it cannot show where anything is; give images of at least "
+                    f"{larger[0]}x{larger[1]} px (where it is larger than 1x1), or pass "
+                    f"target_layer= to explain an earlier layer (such as {layers.target.ref}) "
+                    "at this size"
+                )
+        if self.gradual and self.stages is None and layers.single_resolution:
+            raise ValueError(
+                f"gradual: every map of this transformer is on one grid (its patch grid, "
+                f"{layers.target.shape[-2]}x{layers.target.shape[-1]} at {size} px), so there "
+                "is no finer feature map to carry the CAM through and Gradual Extrapolation "
+                "cannot sharpen it; pass gradual=False for its Grad-CAM on the last block's "
+                "patch tokens, upsampled to the input"
+            )
 
     def describe(self, input_size: int | tuple[int, int] = 224) -> str:
         """What this explainer reads for (input_size) images: the target layer and the stages."""

@@ -49,3 +49,47 @@ class TinyCNN(nn.Module):
     def forward(self, x):
         x = self.stage3(self.stage2(self.stage1(x)))
         return self.fc(self.pool(x).flatten(1))
+
+
+# timm transformers with random weights, small enough for quick tests at 64x64: a hierarchical
+# one (Swin: four stages, channels-last maps, window attention), single-resolution ones (ViT
+# with a class token, with register tokens, with average pooling; CaiT) and MaxViT (channels-first
+# blocks holding channels-last attention).
+TIMM_MODELS = {
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2), "window_size": 4},
+    ),
+    "vit": ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}),
+    "vit_registers": (
+        "vit_tiny_patch16_224",
+        {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "reg_tokens": 4},
+    ),
+    "vit_avg": (
+        "vit_tiny_patch16_224",
+        {
+            "patch_size": 8,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 2,
+            "class_token": False,
+            "global_pool": "avg",
+        },
+    ),
+    # CaiT: talking-heads attention (a Linear across heads on (B,N,N,heads): channels-last and
+    # 4-D, and still attention), then class-attention blocks that append the class token.
+    "cait": (
+        "cait_xxs24_224",
+        {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "depth_token_only": 1},
+    ),
+    "maxvit": ("maxvit_rmlp_pico_rw_256", {}),
+}
+
+
+@cache
+def get_timm(key: str) -> nn.Module:
+    import timm
+
+    name, options = TIMM_MODELS[key]
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, img_size=64, num_classes=5, **options).eval()

@@ -23,7 +23,9 @@ EXPECTED = {
             "features.transition1.relu",
             "features.transition2.relu",
             "features.transition3.relu",
-            "features.denseblock4.denselayer16.relu2",
+            # The 1024-channel output (norm5, which DenseNet's forward passes through a ReLU),
+            # not the last dense layer's 128-channel bottleneck ReLU inside the block.
+            "features",
         ],
     ),
     "mobilenet_v3_large": (
@@ -58,7 +60,12 @@ EXPECTED = {
         ],
     ),
 }
-SIGNED_STAGES = {"mobilenet_v3_large": 2, "efficientnet_b0": 5, "convnext_tiny": 4}
+SIGNED_STAGES = {
+    "mobilenet_v3_large": 2,
+    "efficientnet_b0": 5,
+    "convnext_tiny": 4,
+    "densenet121": 1,
+}
 
 
 def _all_hooks(model):
@@ -208,3 +215,44 @@ def test_trace_refuses_torchscript_before_touching_the_model():
     with pytest.raises(TypeError, match=r"model: its submodule '2' is a TorchScript module"):
         trace(model, torch.randn(1, 3, 8, 8))
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_the_target_layer_does_not_move_when_it_is_1x1_at_this_input_size():
+    """ResNet's layer4 is 1x1 at 32x32: explaining layer3 instead would silently give another
+    layer's maps at this size; the error names the layer and the size where it works."""
+    model = get("resnet18")
+    with pytest.raises(ValueError) as info:
+        gradex.Explainer(model).layers_for(torch.randn(1, 3, 32, 32))
+    message = str(info.value)
+    assert "layer4" in message and "1x1" in message and "at least 64x64" in message
+    assert "target_layer=" in message
+    assert str(gradex.Explainer(model).layers_for(torch.randn(1, 3, 64, 64)).target.ref) == "layer4"
+    # Naming an earlier layer explains it at 32x32.
+    exp = gradex.Explainer(model, target_layer="layer3")(torch.randn(1, 3, 32, 32))
+    assert exp.cam.shape == (1, 1, 2, 2)
+
+
+class ConvHeadAfterPooling(TinyCNN):
+    """A 1x1 convolution on the pooled features (timm's MobileNetV3 head): 1x1 by design."""
+
+    def __init__(self):
+        super().__init__()
+        self.head_conv = nn.Sequential(nn.Conv2d(32, 16, 1), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(self.head_conv(self.pool(x)).flatten(1))
+
+
+def test_a_1x1_map_after_global_pooling_does_not_stop_discovery():
+    layers = gradex.Explainer(ConvHeadAfterPooling().eval()).layers_for(torch.randn(1, 3, 32, 32))
+    assert str(layers.target.ref) == "stage3"
+
+
+def test_densenet_deepest_stage_is_the_block_output_not_a_bottleneck():
+    layers = gradex.Explainer(get("densenet121")).layers_for(torch.randn(1, 3, 64, 64))
+    deepest = layers.stages[-1]
+    assert str(deepest.ref) == "features" and deepest.shape[1] == 1024
+    assert deepest.kind != "non-negative"  # norm5's output: the relu stage transform applies
+    assert all(s.shape[1] >= 256 for s in layers.stages[1:])  # transition ReLUs, full width
