@@ -106,7 +106,8 @@ def test_fifos_and_folders_named_like_images_are_skipped_without_blocking(tmp_pa
     err = capsys.readouterr().err
     assert "x.jpg: not a regular file (a FIFO)" in err
     assert "named.png: not a regular file (a FIFO)" in err
-    assert "y.png: not a regular file (a folder)" in err
+    # A folder named like an image is a subfolder: named in the note, walked with --recursive.
+    assert "1 subfolder(s) not explained: add --recursive" in err
     report = json.loads((out / "results.json").read_text())
     assert [r["panel"] for r in report["images"]] == ["a_good.gradex.png"]
-    assert len(report["skipped"]) == 3
+    assert len(report["skipped"]) == 2
