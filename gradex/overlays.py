@@ -11,9 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-
-from .metrics import unit_map
 
 # matplotlib's "jet" (the default colour map) as its segment data: (position, value) per
 # channel, linear in between.
@@ -60,19 +59,39 @@ def colormap_table(name: str = DEFAULT_COLORMAP) -> np.ndarray:
     return np.rint(rgba[:, :3] * 255).astype(np.uint8)
 
 
+def _display_array(values: np.ndarray, display: str) -> np.ndarray:
+    if display not in DISPLAY_CHOICES:
+        raise ValueError(f"--display {display!r}: choose one of {', '.join(DISPLAY_CHOICES)}")
+    values = np.clip(values.astype(np.float32, copy=False), 0, 1)
+    if display == "gamma":
+        return np.power(values, _GAMMA)
+    if display == "p99":
+        ceiling = float(np.quantile(values, _CLIP_QUANTILE))
+        if ceiling > 0:  # a map that is zero almost everywhere keeps its scale
+            return np.minimum(values / ceiling, 1)
+    return values
+
+
 def display_scale(values: torch.Tensor, display: str = DEFAULT_DISPLAY) -> torch.Tensor:
     """A copy of ``values`` (a map in [0, 1]) stretched for display as ``display`` says (one of
     DISPLAY_CHOICES): monotone, still in [0, 1]; ``values`` itself is left as it is."""
-    if display not in DISPLAY_CHOICES:
-        raise ValueError(f"--display {display!r}: choose one of {', '.join(DISPLAY_CHOICES)}")
-    values = values.float()
-    if display == "gamma":
-        return values.clamp(0, 1).pow(_GAMMA)
-    if display == "p99":
-        ceiling = torch.quantile(values.flatten(), _CLIP_QUANTILE)
-        if ceiling > 0:  # a map that is zero almost everywhere keeps its scale
-            return (values / ceiling).clamp(0, 1)
-    return values.clamp(0, 1)
+    array = values.detach().float().cpu().numpy()
+    return torch.from_numpy(np.array(_display_array(array, display), dtype=np.float32))
+
+
+def _unit_array(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """metrics.unit_map in numpy after the resize: the map resized to ``size`` (bilinear) and
+    min-max scaled, a constant map all zeros. numpy, because the panels are drawn between
+    batches on the threads the model runs on, and torch's intra-op threads on a 224x224 map
+    cost several times the work itself there."""
+    m = values.detach().float().cpu().reshape(1, 1, *values.shape[-2:])
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    array = m[0, 0].numpy()
+    low, high = float(array.min()), float(array.max())
+    if not high > low:
+        return np.zeros(array.shape, dtype=np.float32)
+    return (array - low) / (high - low)
 
 
 def as_uint8(values: np.ndarray) -> np.ndarray:
@@ -91,8 +110,8 @@ def overlay_rgb(
     """The map (min-max scaled at the image's size, then stretched by ``scaling``) in
     ``colormap`` over ``display``, a (3,H,W) RGB image in [0, 1]: an (H,W,3) uint8 array."""
     size = tuple(display.shape[-2:])
-    shown = display_scale(unit_map(values.cpu(), size), scaling)
-    heat = colormap_table(colormap)[as_uint8(shown.numpy())]
+    shown = _display_array(_unit_array(values, size), scaling)
+    heat = colormap_table(colormap)[as_uint8(shown)]
     rgb = display.detach().float().cpu().permute(1, 2, 0).numpy() * 255
     return np.rint((1 - alpha) * rgb + alpha * heat).clip(0, 255).astype(np.uint8)
 
