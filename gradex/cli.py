@@ -25,6 +25,7 @@ from .models import EMBEDDED_MODEL, check_model_name, load_model
 from .ops import resolve_backend
 from .overlays import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_DISPLAY, DISPLAY_CHOICES
 from .reference import PAPER_FORMULA
+from .viz import panel_png
 
 METHOD_TITLES = {
     "gradcam": "Grad-CAM",
@@ -191,8 +192,6 @@ def _timings(load_s: float, batches: list[tuple[int, float]], panels_s: float, c
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from .viz import panel_png
-
     _check_output_options(args)
     found = find_images(args.inputs, recursive=args.recursive)
     files = found.files + (demo_photos() if args.demo else [])

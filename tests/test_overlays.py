@@ -67,3 +67,20 @@ def test_the_overlay_draws_in_the_colour_map_asked_for():
         table = overlays.colormap_table(name)
         colours = {tuple(c) for c in table}
         assert {tuple(p) for p in picture.reshape(-1, 3)} <= colours
+
+
+def test_the_server_and_the_panels_draw_a_map_alike_with_the_display_scaling():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from gradex.serve.encoding import overlay_png
+
+    display = torch.rand(3, 48, 40)
+    values = _heavy_tailed()
+    answer = overlay_png(display, values)
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["b64"]))))
+    np.testing.assert_array_equal(served, overlays.overlay_rgb(display, values))  # p99
+    as_is = overlays.overlay_rgb(display, values, scaling="minmax")
+    assert np.abs(served.astype(int) - as_is).mean() > 5  # the stretch shows
