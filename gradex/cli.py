@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -19,10 +20,13 @@ from .cams import METHOD_CHOICES
 from .cli_paths import REPORT_NAME, ExplainOutput
 from .devices import parse_device
 from .explainer import Explainer
-from .images import ImageError, demo_photos, expand_inputs, load_rgb
+from .images import ImageError, demo_photos, find_images, load_rgb
 from .labels import resolve_target
 from .models import EMBEDDED_MODEL, check_model_name, load_model
+from .ops import resolve_backend
+from .overlays import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_DISPLAY, DISPLAY_CHOICES
 from .reference import PAPER_FORMULA
+from .viz import panel_png
 
 METHOD_TITLES = {
     "gradcam": "Grad-CAM",
@@ -75,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="GE as the paper computes it (global stage weighting, standardise-and-clip)",
     )
+    _add_output_arguments(explain)
     dataset = commands.add_parser(
         "explain-dataset",
         help="explain a whole dataset into Parquet (resumable; locally or on a Ray cluster)",
@@ -104,6 +109,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_output_arguments(explain: argparse.ArgumentParser) -> None:
+    """What ``gradex explain`` reads from folders, writes per image and how its pictures look."""
+    explain.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also explain the images in the folders' subfolders, at any depth",
+    )
+    explain.add_argument(
+        "--no-panels", action="store_true", help="write no PNG panels (results.json only)"
+    )
+    explain.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write <stem>.gradex.npz per image: the float32 maps as computed "
+        "(saliency at input size, cam at the target layer's)",
+    )
+    explain.add_argument(
+        "--top-k", type=int, default=5, help="classes listed per image in results.json"
+    )
+    explain.add_argument(
+        "--colormap", default=DEFAULT_COLORMAP, choices=COLORMAPS, help="the overlays' colours"
+    )
+    explain.add_argument(
+        "--display",
+        default=DEFAULT_DISPLAY,
+        choices=DISPLAY_CHOICES,
+        help="how the overlays stretch a map for the eye (the saved maps are never stretched): "
+        "p99 clips at its 99th percentile, gamma takes the square root, minmax shows it as is",
+    )
+
+
 def _read_images(paths: list[Path], bundle, skipped: list[dict]):
     """(paths, preprocessed tensors) of the readable images; the others go to ``skipped``."""
     kept, tensors = [], []
@@ -117,33 +153,75 @@ def _read_images(paths: list[Path], bundle, skipped: list[dict]):
     return kept, tensors
 
 
-def _image_record(path: Path, panel: Path, probs: torch.Tensor, exp, i: int, names) -> dict:
-    top = probs.topk(min(5, probs.numel()))  # a fine-tuned model may have fewer classes
+def _image_record(path: Path, outputs: dict, probs: torch.Tensor, exp, i: int, names, k: int):
+    top = probs.topk(min(k, probs.numel()))  # a fine-tuned model may have fewer classes
     target = int(exp.target[i])
     return {
         "file": str(path),
-        "panel": panel.name,
+        **{kind: where.name for kind, where in outputs.items()},
         "target": target,
         "target_name": names[target],
         "score": float(exp.score[i]),
-        "top5": [
+        "top": [
             {"class": int(c), "name": names[int(c)], "prob": float(p)}
             for p, c in zip(top.values, top.indices, strict=True)
         ],
     }
 
 
-def explain_command(args: argparse.Namespace) -> int:
-    from .viz import save_panel  # matplotlib only when pictures are made
+def _maps_npz(exp, i: int) -> bytes:
+    """The maps of image ``i`` as computed, float32, in an NPZ: ``saliency`` (H,W) at input
+    size, ``cam`` (h,w) at the target layer's, ``target`` and ``score``."""
+    buffer = io.BytesIO()
+    maps = {"cam": exp.cam[i, 0].float().cpu().numpy()}
+    if exp.saliency is not None:
+        maps["saliency"] = exp.saliency[i, 0].float().cpu().numpy()
+    np.savez(buffer, **maps, target=np.int64(exp.target[i]), score=np.float32(exp.score[i]))
+    return buffer.getvalue()
 
+
+def _check_output_options(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    files = expand_inputs(args.inputs) + (demo_photos() if args.demo else [])
+    if args.top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+
+
+def _timings(load_s: float, batches: list[tuple[int, float]], panels_s: float, count: int):
+    """The first batch (the model's and the kernels' warm-up: allocations, autotuning, lazy
+    initialisation) apart from the steady state; ms_per_image is the steady state, None when
+    every image was in the first batch."""
+    first_n, first_s = batches[0] if batches else (0, 0.0)
+    steady_n = sum(n for n, _ in batches[1:])
+    steady_s = sum(seconds for _, seconds in batches[1:])
+    return {
+        "load_model_s": round(load_s, 4),
+        "explain_s": round(first_s + steady_s, 4),
+        "warmup_batch_s": round(first_s, 4),
+        "warmup_batch_images": first_n,
+        "ms_per_image": round(1000 * steady_s / steady_n, 2) if steady_n else None,
+        "steady_images": steady_n,
+        "outputs_s": round(panels_s, 4),
+        "outputs_ms_per_image": round(1000 * panels_s / count, 2) if count else None,
+    }
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    _check_output_options(args)
+    found = find_images(args.inputs, recursive=args.recursive)
+    files = found.files + (demo_photos() if args.demo else [])
+    if found.skipped_folders:
+        print(
+            f"gradex: {found.skipped_folders} subfolder(s) not explained: add --recursive to "
+            "explain their images too",
+            file=sys.stderr,
+        )
     if not files:
         raise ValueError("no images: give image files or folders, or --demo")
     device = parse_device(args.device)
     check_model_name(args.model)
     output = ExplainOutput(args.out, files)  # before any work: the folder is made and writable
+    kinds = ("panel",) * (not args.no_panels) + ("maps",) * args.save_maps
     started = time.perf_counter()
     bundle = load_model(args.model, args.weights, args.labels)
     target = resolve_target(args.target, bundle.class_names)
@@ -152,43 +230,57 @@ def explain_command(args: argparse.Namespace) -> int:
     options = PAPER_FORMULA if args.paper else {}
     explainer = Explainer(model, method=args.method, gradual=not args.no_gradual, **options)
     method_title = METHOD_TITLES[explainer.method_name]
+    picture = {"colormap": args.colormap, "display": args.display}
 
     results, skipped = [], []
-    explain_seconds, layers = 0.0, None
+    batches: list[tuple[int, float]] = []  # (images, seconds) per explained batch
+    outputs_seconds, layers = 0.0, None
     progress = tqdm(total=len(files), unit="img", disable=len(files) < _PROGRESS_FROM)
     for first in range(0, len(files), args.batch_size):
         chunk = files[first : first + args.batch_size]
         paths, tensors = _read_images(chunk, bundle, skipped)
-        progress.update(len(chunk))
         if not tensors:
+            progress.update(len(chunk))
             continue
         x = torch.stack(tensors).to(device)
         tick = time.perf_counter()
         exp = explainer(x, target=target)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        explain_seconds += time.perf_counter() - tick
+        batches.append((len(paths), time.perf_counter() - tick))
         layers = explainer.layers_for(x)
         probs = exp.logits.float().softmax(dim=1).cpu()
+        tick = time.perf_counter()
         for i, path in enumerate(paths):
-            panel = output.panel_path(path)
-            record = _image_record(path, panel, probs[i], exp, i, bundle.class_names)
+            outputs = output.paths_for(path, kinds)
+            record = _image_record(path, outputs, probs[i], exp, i, bundle.class_names, args.top_k)
             target = record["target"]
             title = f"{record['target_name']} (class {target}), p = {float(probs[i, target]):.2f}"
-            png = io.BytesIO()
-            save_panel(
-                png,
-                bundle.to_display(x[i]),
-                exp.cam[i],
-                None if args.no_gradual else exp.saliency[i],
-                title,
-                method_title,
-            )
-            output.write_panel(panel, png.getvalue())
+            if "panel" in outputs:
+                png = panel_png(
+                    bundle.to_display(x[i]),
+                    exp.cam[i],
+                    None if args.no_gradual else exp.saliency[i],
+                    title,
+                    method_title,
+                    **picture,
+                )
+                output.write_panel(outputs["panel"], png)
+            if "maps" in outputs:
+                output.write_maps(outputs["maps"], _maps_npz(exp, i))
             tqdm.write(f"{path.name}: {title}")
             results.append(record)
+        outputs_seconds += time.perf_counter() - tick
+        progress.update(len(chunk))  # after the batch is explained and written
     progress.close()
 
+    removed = output.remove_stale()
+    if removed:
+        print(
+            f"gradex: removed {len(removed)} panel or maps file(s) of the previous run in "
+            f"{args.out}/ that this run did not write again",
+            file=sys.stderr,
+        )
     report = {
         "model": bundle.name,
         "weights": str(args.weights) if args.weights else None,
@@ -196,17 +288,17 @@ def explain_command(args: argparse.Namespace) -> int:
         "method": explainer.method_name,
         "gradual": not args.no_gradual,
         "device": str(device),
+        "backend": resolve_backend(explainer.backend, device).name,
+        "dtype": str(explainer.amp_dtype or next(model.parameters()).dtype).replace("torch.", ""),
         "target_layer": str(layers.target.ref) if layers else None,
         "stages": [str(s.ref) for s in layers.stages] if layers and not args.no_gradual else [],
         "stage_weighting": explainer.stage_weighting,
         "normalize": explainer.normalize,
+        "top_k": args.top_k,
+        "display": {"colormap": args.colormap, "scaling": args.display},
         "images": results,
         "skipped": skipped,
-        "timings": {
-            "load_model_s": round(load_seconds, 4),
-            "explain_s": round(explain_seconds, 4),
-            "ms_per_image": round(1000 * explain_seconds / max(len(results), 1), 2),
-        },
+        "timings": _timings(load_seconds, batches, outputs_seconds, len(results)),
     }
     output.write_report(report)
     print(f"gradex: explained {len(results)} image(s) into {args.out}/ ({REPORT_NAME})")

@@ -1,11 +1,15 @@
 """Where the command line writes: output folders checked before any work is done, and output files
 that never land on an input or on a file gradex did not write.
 
-``gradex explain`` writes ``<stem>.gradex.png`` per image and ``results.json``. A file already at
-one of those names is replaced only when gradex wrote it: a panel carries a gradex mark in its PNG
-header, a report is a gradex report. Inputs are never replaced, whatever their name; a name that is
-taken gets a number (``x_2.gradex.png``). Files are written whole to a temporary name and then
-renamed, so a run that dies leaves no half-written panel and never writes through a link.
+``gradex explain`` writes ``<stem>.gradex.png`` per image (``<stem>.gradex.npz`` with
+``--save-maps``) and ``results.json``. A file already at one of those names is replaced only when
+gradex wrote it: a panel carries a gradex mark in its PNG header, a maps file in its zip comment, a
+report is a gradex report. Panels and maps files that the previous report in the folder lists and
+this run did not write again are removed at the end (when gradex wrote them): the folder then
+holds this run's outputs, not stale pictures of inputs that have changed. Inputs are never
+replaced, whatever their name; a name that is taken gets a number (``x_2.gradex.png``). Files are
+written whole to a temporary name and then renamed, so a run that dies leaves no half-written
+panel and never writes through a link.
 
 ``gradex evaluate`` and ``gradex bench`` write fixed names into their ``--out`` (a
 :class:`ReportFolder`): the same rule, except that a name taken by a file gradex did not write
@@ -14,18 +18,23 @@ stops the run before any work instead of being numbered around.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import stat
 import struct
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 PANEL_SUFFIX = ".gradex.png"
+MAPS_SUFFIX = ".gradex.npz"
 REPORT_NAME = "results.json"
+# A gradex maps file is an NPZ (a zip) whose archive comment starts with this.
+_NPZ_MARK = b"gradex "
 # Keys every gradex explain report has; a results.json without them is someone else's file.
 _REPORT_KEYS = {"model", "method", "images", "skipped", "timings"}
 
@@ -112,6 +121,27 @@ def is_gradex_png(path: Path) -> bool:
     return _png_chunk_after_header(path, len(_MARK_START)) == _MARK_START
 
 
+def is_gradex_npz(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a zip archive that gradex marked as its own
+    (its comment): a maps file of ``gradex explain --save-maps``."""
+    if not _is_regular(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.comment.startswith(_NPZ_MARK)
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def mark_npz(npz: bytes, what: str) -> bytes:
+    """The NPZ (zip) bytes with gradex's mark, saying ``what`` it is, as the archive comment;
+    numpy reads the arrays as before."""
+    buffer = io.BytesIO(npz)
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.comment = _NPZ_MARK + what.encode("latin-1")
+    return buffer.getvalue()
+
+
 def is_matplotlib_png(path: Path) -> bool:
     """Whether ``path`` is a PNG that matplotlib saved (and nothing marked it since). gradex's
     figures were such files before they carried gradex's mark."""
@@ -182,37 +212,87 @@ def _identity(path: Path) -> tuple[int, int] | None:
 class ExplainOutput:
     """The output folder of one ``gradex explain`` run: checked when made, before any work."""
 
+    # What each kind of per-image output is called and how gradex recognises its own.
+    _KINDS = {"panel": (PANEL_SUFFIX, is_gradex_png), "maps": (MAPS_SUFFIX, is_gradex_npz)}
+
     def __init__(self, folder: Path, inputs: list[Path]):
         self.folder = prepare_out_dir(folder)
         self.report_path = folder / REPORT_NAME
         # The same file may be named two ways (links, a case-insensitive disk): compare identities.
         self._inputs = {identity for identity in map(_identity, inputs) if identity is not None}
         self._taken: set[str] = set()
+        self._written: set[str] = set()
         if not self._may_replace(self.report_path, is_gradex_report):
             raise ValueError(
                 f"--out {folder}: holds a {REPORT_NAME} that gradex did not write (or one of the "
                 "inputs); gradex will not replace it: choose another --out folder"
             )
+        self._previous = self._outputs_listed_in(self.report_path)
+
+    @staticmethod
+    def _outputs_listed_in(report_path: Path) -> set[str]:
+        """The per-image files a gradex report names (bare names in its folder only)."""
+        if not os.path.lexists(report_path):
+            return set()
+        try:
+            images = json.loads(report_path.read_text()).get("images", [])
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return set()
+        names = set()
+        for record in images if isinstance(images, list) else []:
+            for kind in ExplainOutput._KINDS:
+                name = record.get(kind) if isinstance(record, dict) else None
+                if isinstance(name, str) and name and Path(name).name == name:
+                    names.add(name)
+        return names
 
     def _may_replace(self, path: Path, written_by_gradex) -> bool:
         if not os.path.lexists(path):
             return True
         return _identity(path) not in self._inputs and written_by_gradex(path)
 
-    def panel_path(self, source: Path) -> Path:
-        """A name for the panel of ``source``: ``<stem>.gradex.png``, numbered when taken in this
-        run, by an input, or by a file gradex did not write."""
+    def paths_for(self, source: Path, kinds: tuple[str, ...] = ("panel",)) -> dict[str, Path]:
+        """Names for the outputs of ``source`` (``kinds`` among "panel" and "maps"):
+        ``<stem>.gradex.png`` and ``<stem>.gradex.npz``, numbered alike (``<stem>_2...``) when
+        any of them is taken in this run, by an input, or by a file gradex did not write."""
         n = 1
         while True:
-            name = f"{source.stem}{PANEL_SUFFIX}" if n == 1 else f"{source.stem}_{n}{PANEL_SUFFIX}"
-            path = self.folder / name
-            if name not in self._taken and self._may_replace(path, is_gradex_png):
-                self._taken.add(name)
-                return path
+            stem = source.stem if n == 1 else f"{source.stem}_{n}"
+            names = {kind: stem + self._KINDS[kind][0] for kind in kinds}
+            if all(
+                name not in self._taken
+                and self._may_replace(self.folder / name, self._KINDS[kind][1])
+                for kind, name in names.items()
+            ):
+                self._taken.update(names.values())
+                return {kind: self.folder / name for kind, name in names.items()}
             n += 1
+
+    def panel_path(self, source: Path) -> Path:
+        """A name for the panel of ``source`` (see :meth:`paths_for`)."""
+        return self.paths_for(source)["panel"]
 
     def write_panel(self, path: Path, png: bytes) -> None:
         write_atomically(path, mark_png(png, "explain panel"))
+        self._written.add(path.name)
+
+    def write_maps(self, path: Path, npz: bytes) -> None:
+        write_atomically(path, mark_npz(npz, "explain maps"))
+        self._written.add(path.name)
+
+    def remove_stale(self) -> list[str]:
+        """Remove the panels and maps files that the folder's previous report listed and this run
+        did not write again, when gradex wrote them and they are no input; their names."""
+        removed = []
+        for name in sorted(self._previous - self._written):
+            path = self.folder / name
+            recognise = next(
+                (test for suffix, test in self._KINDS.values() if name.endswith(suffix)), None
+            )
+            if recognise is not None and self._may_replace(path, recognise) and path.exists():
+                path.unlink()
+                removed.append(name)
+        return removed
 
     def write_report(self, report: dict) -> None:
         write_atomically(self.report_path, (json.dumps(report, indent=2) + "\n").encode())

@@ -6,12 +6,13 @@ import importlib.util
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .cli_paths import PANEL_SUFFIX
+from .cli_paths import MAPS_SUFFIX, PANEL_SUFFIX
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # 16-bit grey (PNG, TIFF): the format's own range, 0..65535, maps to 0..255, so a 16-bit and an
@@ -141,23 +142,63 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: cannot read as an image ({error.__class__.__name__})") from error
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the image files inside each folder (sorted, not recursive). Panels
-    that gradex wrote into a folder (``*.gradex.png``) are outputs, not inputs: left out."""
+@dataclass(frozen=True)
+class FoundImages:
+    """The image files that inputs name, and how many subfolders a walk that is not recursive
+    left out (so a caller can say so rather than skip them silently)."""
+
+    files: list[Path]
+    skipped_folders: int = 0
+
+
+def _is_output(name: str) -> bool:
+    """Files gradex explain writes: outputs, never inputs."""
+    return name.lower().endswith((PANEL_SUFFIX, MAPS_SUFFIX))
+
+
+def _images_in(folder: Path, recursive: bool) -> FoundImages:
+    """The image files in ``folder`` (and, when ``recursive``, in its subfolders at any depth),
+    sorted by path; hidden files and folders and gradex's outputs left out. Links to folders are
+    not followed: a link back up the tree would never end."""
     files: list[Path] = []
+    skipped = 0
+    for here, folders, names in os.walk(folder):
+        visible = sorted(name for name in folders if not name.startswith("."))
+        if recursive:
+            folders[:] = visible
+        else:
+            skipped += len(visible)
+            folders[:] = []
+        files.extend(
+            Path(here, name)
+            for name in names
+            if not name.startswith(".")
+            and Path(name).suffix.lower() in IMAGE_SUFFIXES
+            and not _is_output(name)
+        )
+    return FoundImages(sorted(files, key=lambda p: p.relative_to(folder).parts), skipped)
+
+
+def find_images(inputs: list[str | Path], recursive: bool = False) -> FoundImages:
+    """Files as given, and the image files inside each folder: only its own files, or with
+    ``recursive`` those of its subfolders too, at any depth."""
+    files: list[Path] = []
+    skipped = 0
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(
-                sorted(
-                    p
-                    for p in item.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES
-                    and not p.name.lower().endswith(PANEL_SUFFIX)
-                )
-            )
+            found = _images_in(item, recursive)
+            files.extend(found.files)
+            skipped += found.skipped_folders
         else:
             files.append(item)
-    return files
+    return FoundImages(files, skipped)
+
+
+def expand_inputs(inputs: list[str | Path], recursive: bool = False) -> list[Path]:
+    """Files as given, and the image files inside each folder (sorted; subfolders only when
+    ``recursive``). Hidden files and gradex's outputs in a folder (``*.gradex.png``) are left
+    out."""
+    return find_images(inputs, recursive).files
 
 
 def _package_dir(package: str) -> Path | None:

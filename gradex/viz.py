@@ -1,48 +1,105 @@
-"""Pictures of explanations: heat-map overlays and the three-panel figure the CLI writes."""
+"""Pictures of explanations: heat-map overlays and the panel the CLI writes per image (input |
+coarse map overlay | GE overlay, a title above), composed with Pillow. matplotlib laid the panels
+out before and took nine tenths of ``gradex explain``'s time per image; pasting three tiles and
+three lines of text needs no plotting library."""
 
 from __future__ import annotations
 
+import io
+from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
-import matplotlib
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from .overlays import DEFAULT_COLORMAP, DEFAULT_DISPLAY, overlay_rgb
 
-from .metrics import unit_map  # noqa: E402
-
-
-def overlay(image: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
-    """Blend a jet-coloured map over a (3,H,W) RGB image in [0, 1]; returns (H,W,3) in [0, 1]."""
-    rgb = image.detach().float().permute(1, 2, 0).cpu().numpy()
-    heat = matplotlib.colormaps["jet"](unit_map(saliency, rgb.shape[:2]).cpu().numpy())[..., :3]
-    return (1 - alpha) * rgb + alpha * heat
+_MARGIN = 8  # pixels around and between the tiles
+_TITLE_SIZE, _LABEL_SIZE = 15, 12  # font sizes in pixels
 
 
-def save_panel(
-    path: str | Path,
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:  # Pillow's bundled scalable font (Pillow >= 10.1 built with FreeType)
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # older Pillow or no FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def overlay(
+    image: torch.Tensor,
+    saliency: torch.Tensor,
+    alpha: float = 0.5,
+    *,
+    colormap: str = DEFAULT_COLORMAP,
+    display: str = DEFAULT_DISPLAY,
+) -> np.ndarray:
+    """Blend a coloured map over a (3,H,W) RGB image in [0, 1]; returns (H,W,3) in [0, 1]."""
+    blended = overlay_rgb(image, saliency, alpha, colormap=colormap, scaling=display)
+    return blended.astype(np.float32) / 255
+
+
+def _text_height(draw: ImageDraw.ImageDraw, font) -> int:
+    left, top, right, bottom = draw.textbbox((0, 0), "Ag", font=font)
+    return bottom - top
+
+
+def panel_png(
     image: torch.Tensor,
     cam: torch.Tensor,
     saliency: torch.Tensor | None,
     title: str,
     method: str = "Grad-CAM",
-) -> None:
-    """input | coarse map overlay | GE overlay (left out when ``saliency`` is None), with
-    ``title`` above."""
-    panels = [
-        (image.detach().permute(1, 2, 0).cpu().numpy(), "input"),
-        (overlay(image, cam), f"{method} (upsampled)"),
+    *,
+    colormap: str = DEFAULT_COLORMAP,
+    display: str = DEFAULT_DISPLAY,
+) -> bytes:
+    """input | coarse map overlay | GE overlay (left out when ``saliency`` is None), each at the
+    image's size with its label above it and ``title`` above all: PNG bytes."""
+    image = image.detach().float().cpu()
+    tiles = [
+        (np.rint(image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8), "input"),
+        (overlay_rgb(image, cam, colormap=colormap, scaling=display), f"{method} (upsampled)"),
     ]
     if saliency is not None:
-        panels.append((overlay(image, saliency), f"Gradual {method}"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-    for ax, (picture, label) in zip(axes, panels, strict=True):
-        ax.imshow(np.clip(picture, 0, 1))
-        ax.set_title(label, fontsize=10)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        tiles.append(
+            (overlay_rgb(image, saliency, colormap=colormap, scaling=display), f"Gradual {method}")
+        )
+    height, width = image.shape[-2:]
+    title_font, label_font = _font(_TITLE_SIZE), _font(_LABEL_SIZE)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_band = _text_height(measure, title_font) + 2 * _MARGIN
+    label_band = _text_height(measure, label_font) + _MARGIN
+    canvas = Image.new(
+        "RGB",
+        (len(tiles) * (width + _MARGIN) + _MARGIN, title_band + label_band + height + _MARGIN),
+        "white",
+    )
+    draw = ImageDraw.Draw(canvas)
+    draw.text((canvas.width / 2, _MARGIN), title, fill="black", font=title_font, anchor="mt")
+    for i, (pixels, label) in enumerate(tiles):
+        left = _MARGIN + i * (width + _MARGIN)
+        draw.text((left + width / 2, title_band), label, fill="black", font=label_font, anchor="mt")
+        canvas.paste(Image.fromarray(pixels), (left, title_band + label_band))
+    png = io.BytesIO()
+    canvas.save(png, format="PNG", compress_level=1)  # speed over size: panels are many
+    return png.getvalue()
+
+
+def save_panel(
+    path: str | Path | BinaryIO,
+    image: torch.Tensor,
+    cam: torch.Tensor,
+    saliency: torch.Tensor | None,
+    title: str,
+    method: str = "Grad-CAM",
+    **options,
+) -> None:
+    """:func:`panel_png` written to ``path`` (a file name or a binary file object)."""
+    data = panel_png(image, cam, saliency, title, method, **options)
+    if isinstance(path, (str, Path)):
+        Path(path).write_bytes(data)
+    else:
+        path.write(data)

@@ -15,10 +15,13 @@ def test_demo_writes_panels_and_results(tmp_path):
     assert report["target_layer"] == "_swish#1" and len(report["stages"]) == 5
     assert [r["target"] for r in report["images"]] == [285, 967, 665, 652]
     for record in report["images"]:
-        assert len(record["top5"]) == 5 and record["top5"][0]["class"] == record["target"]
+        assert len(record["top"]) == 5 and record["top"][0]["class"] == record["target"]
         with Image.open(tmp_path / record["panel"]) as panel:
             assert panel.size[0] > 2 * panel.size[1]
-    assert report["skipped"] == [] and report["timings"]["ms_per_image"] > 0
+    assert report["skipped"] == [] and report["timings"]["warmup_batch_s"] > 0
+    # The four photos are one batch: all warm-up, no steady state to quote.
+    assert report["timings"]["warmup_batch_images"] == 4
+    assert report["timings"]["ms_per_image"] is None
 
 
 def test_bad_files_are_skipped_and_the_rest_explained(tmp_path, capsys):

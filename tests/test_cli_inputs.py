@@ -109,10 +109,11 @@ def test_fifos_and_folders_named_like_images_are_skipped_without_blocking(tmp_pa
     err = capsys.readouterr().err
     assert "x.jpg: not a regular file (a FIFO)" in err
     assert "named.png: not a regular file (a FIFO)" in err
-    assert "y.png: not a regular file (a folder)" in err
+    # A folder named like an image is a subfolder: named in the note, walked with --recursive.
+    assert "1 subfolder(s) not explained: add --recursive" in err
     report = json.loads((out / "results.json").read_text())
     assert [r["panel"] for r in report["images"]] == ["a_good.gradex.png"]
-    assert len(report["skipped"]) == 3
+    assert len(report["skipped"]) == 2
 
 
 # Photos as users have them: grey, 16-bit, transparent, and phone photos stored sideways.
@@ -134,7 +135,7 @@ def test_grey_16_bit_and_transparent_images_are_explained_not_skipped(tmp_path, 
     by_file = {r["file"].rsplit("/", 1)[1]: r for r in report["images"]}
     assert sorted(by_file) == ["grey.jpg", "grey.png", "grey16.png", "rgba.png"]
     # The 16-bit copy is the 8-bit grey photo to the model: the same classes and probabilities.
-    assert by_file["grey16.png"]["top5"] == by_file["grey.png"]["top5"]
+    assert by_file["grey16.png"]["top"] == by_file["grey.png"]["top"]
 
 
 def test_a_phone_photo_is_explained_upright(tmp_path, capsys):
@@ -149,7 +150,7 @@ def test_a_phone_photo_is_explained_upright(tmp_path, capsys):
     assert cli.main(["explain", str(photos), "--out", str(out)]) == 0, capsys.readouterr().err
     upright, phone = json.loads((out / "results.json").read_text())["images"]
     assert upright["target"] == phone["target"] == 285  # Egyptian cat
-    for a, b in zip(upright["top5"], phone["top5"], strict=True):
+    for a, b in zip(upright["top"], phone["top"], strict=True):
         assert a["class"] == b["class"] and abs(a["prob"] - b["prob"]) < 0.02
 
 
@@ -165,7 +166,7 @@ def test_a_fine_tuned_ddp_checkpoint_with_labels_and_a_target_by_name(tmp_path, 
     names = ["airplane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     labels.write_text("\n".join(names) + "\n")
     image = tmp_path / "a.jpg"
-    Image.new("RGB", (64, 48), (90, 120, 200)).save(image)
+    images.load_rgb(images.demo_photos()[0]).resize((64, 48)).save(image)
     out = tmp_path / "out"
     args = ["explain", str(image), "--model", "resnet18", "--weights", str(weights)]
     args += ["--labels", str(labels), "--target", "Horse", "--out", str(out)]
@@ -173,7 +174,7 @@ def test_a_fine_tuned_ddp_checkpoint_with_labels_and_a_target_by_name(tmp_path, 
     report = json.loads((out / "results.json").read_text())
     (record,) = report["images"]
     assert record["target"] == 7 and record["target_name"] == "horse"
-    assert {entry["name"] for entry in record["top5"]} <= set(names)
+    assert {entry["name"] for entry in record["top"]} <= set(names)
     assert report["labels"] == str(labels) and report["weights"] == str(weights)
     assert (out / record["panel"]).stat().st_size > 0
 
@@ -187,7 +188,7 @@ def test_a_timm_model_by_name_from_safetensors(tmp_path, capsys):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"0": "ok", "1": "scratch", "2": "dent"}))
     image = tmp_path / "part.png"
-    Image.new("RGB", (80, 64), (90, 120, 200)).save(image)
+    images.load_rgb(images.demo_photos()[0]).resize((80, 64)).save(image)
     out = tmp_path / "out"
     args = ["explain", str(image), "--model", "timm:test_resnet", "--weights", str(weights)]
     args += ["--labels", str(labels), "--target", "dent", "--out", str(out)]

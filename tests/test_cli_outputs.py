@@ -150,3 +150,50 @@ def test_evaluate_checks_its_outputs_before_running(tmp_path, capsys, option):
     assert captured.out == ""  # no testbed ran
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"gradex: error: {option} {target}")
+
+
+def test_a_rerun_removes_its_stale_panels_and_nothing_else(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed, name in enumerate(("a.png", "b.png", "c.png")):
+        _photo(photos / name, seed=seed)
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(photos), "--out", str(out), "--save-maps"]) == 0
+    # Files that the earlier report does not list stay, gradex's or not: a panel of another
+    # run, and someone's own PNG at a panel's name.
+    (out / "other.gradex.png").write_bytes((out / "a.gradex.png").read_bytes())
+    (out / "mine.gradex.png").write_bytes((photos / "a.png").read_bytes())
+    # b changed into someone's own file after the run: listed, but no longer gradex's
+    (out / "b.gradex.npz").write_bytes(b"my notes\n")
+    (photos / "b.png").unlink()
+    (photos / "c.png").unlink()
+    capsys.readouterr()
+
+    assert cli.main(["explain", str(photos), "--out", str(out), "--save-maps"]) == 0
+    assert "removed 3 panel or maps file(s) of the previous run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.gradex.npz",
+        "a.gradex.png",
+        "b.gradex.npz",
+        "mine.gradex.png",
+        "other.gradex.png",
+        "results.json",
+    ]
+    assert (out / "b.gradex.npz").read_bytes() == b"my notes\n"
+
+
+def test_a_stale_panel_that_is_now_an_input_is_kept(tmp_path):
+    _photo(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(tmp_path / "a.png"), "--out", str(out), "--no-gradual"]) == 0
+    panel = out / "a.gradex.png"
+    before = panel.read_bytes()
+    # The next run explains the earlier panel itself: listed by the old report, not written
+    # again (its own panel is a.gradex.gradex.png), but an input, so never removed.
+    assert cli.main(["explain", str(panel), "--out", str(out), "--no-gradual"]) == 0
+    assert panel.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.gradex.gradex.png",
+        "a.gradex.png",
+        "results.json",
+    ]

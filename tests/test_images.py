@@ -140,3 +140,20 @@ def test_folders_expand_to_their_images(tmp_path):
     for name in ("b.png", "a.JPG", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in images.expand_inputs([tmp_path])] == ["a.JPG", "b.png"]
+
+
+def test_a_recursive_walk_is_sorted_skips_hidden_files_and_follows_no_folder_links(tmp_path):
+    for name in ("b/z.png", "b/a.png", "a.jpg", ".git/x.png", "c/.thumb.png", "c/d/e.webp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "c" / "loop").symlink_to(tmp_path)  # a link back up the tree
+    found = images.find_images([tmp_path], recursive=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in found.files] == [
+        "a.jpg",
+        "b/a.png",
+        "b/z.png",
+        "c/d/e.webp",
+    ]
+    flat = images.find_images([tmp_path])
+    assert [p.name for p in flat.files] == ["a.jpg"]
+    assert flat.skipped_folders == 2  # b and c; a hidden .git is no one's input

@@ -82,8 +82,8 @@ def test_rows_and_maps_equal_gradex_explain_per_image(sample_root, local_output,
         assert row["target"] == record["target"]
         assert row["target_name"] == record["target_name"]
         assert row["score"] == pytest.approx(record["score"], rel=1e-4, abs=1e-4)
-        assert row["top_classes"] == [c["class"] for c in record["top5"]]
-        np.testing.assert_allclose(row["top_probs"], [c["prob"] for c in record["top5"]], atol=1e-5)
+        assert row["top_classes"] == [c["class"] for c in record["top"]]
+        np.testing.assert_allclose(row["top_probs"], [c["prob"] for c in record["top"]], atol=1e-5)
     # The maps: the dataset's against the Explainer's, quantised the same way (uint8).
     bundle = load_model()
     x = torch.stack([bundle.preprocess(load_rgb(p)) for p in chosen])
