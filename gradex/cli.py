@@ -126,7 +126,9 @@ def _add_output_arguments(explain: argparse.ArgumentParser) -> None:
         "(saliency at input size, cam at the target layer's)",
     )
     explain.add_argument(
-        "--top-k", type=int, default=5, help="classes listed per image in results.json"
+        "--top-k",
+        type=int,
+        help="classes listed per image in results.json (default: 5, or all of a smaller model's)",
     )
     explain.add_argument(
         "--colormap", default=DEFAULT_COLORMAP, choices=COLORMAPS, help="the overlays' colours"
@@ -154,7 +156,7 @@ def _read_images(paths: list[Path], bundle, skipped: list[dict]):
 
 
 def _image_record(path: Path, outputs: dict, probs: torch.Tensor, exp, i: int, names, k: int):
-    top = probs.topk(min(k, probs.numel()))  # a fine-tuned model may have fewer classes
+    top = probs.topk(k)
     target = int(exp.target[i])
     return {
         "file": str(path),
@@ -183,7 +185,7 @@ def _maps_npz(exp, i: int) -> bytes:
 def _check_output_options(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         raise ValueError("--top-k must be at least 1")
 
 
@@ -227,6 +229,10 @@ def explain_command(args: argparse.Namespace) -> int:
     target = resolve_target(args.target, bundle.class_names)
     model = bundle.model.to(device)
     load_seconds = time.perf_counter() - started
+    classes = len(bundle.class_names)
+    if args.top_k is not None and args.top_k > classes:
+        raise ValueError(f"--top-k {args.top_k}: the model has only {classes} classes")
+    top_k = min(5, classes) if args.top_k is None else args.top_k
     options = PAPER_FORMULA if args.paper else {}
     explainer = Explainer(model, method=args.method, gradual=not args.no_gradual, **options)
     method_title = METHOD_TITLES[explainer.method_name]
@@ -253,7 +259,7 @@ def explain_command(args: argparse.Namespace) -> int:
         tick = time.perf_counter()
         for i, path in enumerate(paths):
             outputs = output.paths_for(path, kinds)
-            record = _image_record(path, outputs, probs[i], exp, i, bundle.class_names, args.top_k)
+            record = _image_record(path, outputs, probs[i], exp, i, bundle.class_names, top_k)
             target = record["target"]
             title = f"{record['target_name']} (class {target}), p = {float(probs[i, target]):.2f}"
             if "panel" in outputs:
@@ -294,7 +300,7 @@ def explain_command(args: argparse.Namespace) -> int:
         "stages": [str(s.ref) for s in layers.stages] if layers and not args.no_gradual else [],
         "stage_weighting": explainer.stage_weighting,
         "normalize": explainer.normalize,
-        "top_k": args.top_k,
+        "top_k": top_k,
         "display": {"colormap": args.colormap, "scaling": args.display},
         "images": results,
         "skipped": skipped,
