@@ -45,15 +45,25 @@ class GradCamGE:
         self._single_layer = len(layers) == 1
 
     def __call__(
-        self, input_tensor: torch.Tensor, targets=None, *, eigen_smooth: bool = False, **kwargs
+        self,
+        input_tensor: torch.Tensor,
+        targets=None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ) -> PeerExplanation:
-        if kwargs.get("aug_smooth"):
+        if aug_smooth:
             raise ValueError(
                 "aug_smooth=True averages the CAM over flipped and rescaled forwards, while GE "
                 "carries a map through the stages of one forward: call without aug_smooth"
             )
-        coarse: list = []
         cam = self.cam
+        # pytorch-grad-cam moves the input to the model's device itself; so does the adapter,
+        # so that the forward it records is that one.
+        input_tensor = (
+            input_tensor.to(cam.device) if isinstance(input_tensor, torch.Tensor) else input_tensor
+        )
+        coarse: list = []
         own = vars(cam).get("get_cam_image")  # an instance attribute of the user's, if any
         method = cam.get_cam_image
 
