@@ -10,6 +10,7 @@ import numbers
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 STAGE_TRANSFORMS = (None, "relu", "abs")
@@ -152,11 +153,30 @@ def check_stage_weighting(stage_weighting) -> str:
     return stage_weighting
 
 
+def on_deepest_grid(heatmap: torch.Tensor, deepest: torch.Tensor) -> torch.Tensor:
+    """``heatmap`` brought down to the deepest stage's (H_K, W_K) grid where it is finer.
+
+    Heatmaps made elsewhere usually come upsampled to the input's size (pytorch-grad-cam's do,
+    to 224x224). GE's first step is a bilinear upsample to H_K x W_K: from a finer map that step
+    is a bilinear downsample, which reads a few pixels near each cell's centre, and the chain then
+    returned little more than the blurry map it was given (r = 0.998 with plain bilinear). Area
+    pooling (``adaptive_avg_pool2d``: the exact mean of each cell's pixels when the sizes divide)
+    gives each cell what the whole cell held, as the coarse layer would have. A side that is
+    already at most the stage's is kept; the caller's tensor is never modified (a new one is made).
+    """
+    h, w = heatmap.shape[-2:]
+    grid_h, grid_w = deepest.shape[-2:]
+    if h <= grid_h and w <= grid_w:
+        return heatmap
+    return F.adaptive_avg_pool2d(heatmap.float(), (min(h, grid_h), min(w, grid_w)))
+
+
 def check_extrapolate_args(heatmap, activations, output_size, transform=None, check=True):
-    """(heatmap as (B,1,h,w), activations as a list, output_size as a pair or None)."""
+    """(heatmap as (B,1,h,w) at most at the deepest stage's resolution, activations as a list,
+    output_size as a pair or None)."""
     heatmap = as_heatmap(heatmap, check)
     activations = check_activations(activations, heatmap, transform, check)
-    return heatmap, activations, as_output_size(output_size)
+    return on_deepest_grid(heatmap, activations[-1]), activations, as_output_size(output_size)
 
 
 def _is_int(value) -> bool:

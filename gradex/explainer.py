@@ -36,6 +36,7 @@ from .capture import (
     trace,
 )
 from .excitation import ExcitationHooks
+from .model_output import OutputSelector, check_output_selector, select_logits
 from .ops import Backend, check_backend_name, extrapolate_reduced, resolve_backend
 from .reference import apply_transform
 
@@ -144,11 +145,24 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> tuple[torch.Tensor,
     return ids, logits.gather(1, ids.unsqueeze(1)).squeeze(1)
 
 
+INFERENCE_MODE_MESSAGE = (
+    "cannot explain inside torch.inference_mode(): it forbids the gradient that the class map "
+    "needs, and no setting inside the block can turn it back on. Call the explainer outside the "
+    "inference_mode() block, or use torch.no_grad() there instead, which works: gradex turns "
+    "gradients on for the layers it needs"
+)
+
+
+def refuse_inference_mode() -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(INFERENCE_MODE_MESSAGE)
+
+
 class Explainer:
     """Grad-CAM-family maps sharpened by Gradual Extrapolation.
 
     Args:
-        model: a CNN classifier returning (B,K) logits.
+        model: a CNN classifier returning (B,K) logits (or an output they are in: ``output``).
         method: 'gradcam', 'gradcam++', 'xgradcam', 'hirescam', 'layercam', or ``f(A, G)``;
             or 'excitation' / 'contrastive excitation' (excitation backprop, gradex.excitation:
             the layers after the target layer pass a class's mass down instead of a gradient).
@@ -167,6 +181,9 @@ class Explainer:
         check: validate inputs and outputs (finite values); off for a trusted low-latency path.
         amp_dtype: torch.bfloat16 or torch.float16 runs the model's forward under autocast (the
             CAM and GE math stay in float32); None (default) runs it as it is.
+        output: where the logits are when the model returns more than a (B,K) tensor: an int
+            (``(logits, aux)``: 0), a key or attribute (a dict's key, HuggingFace's 'logits'), or
+            a callable taking the model's output and returning the (B,K) logits.
 
     The model must be an eager ``nn.Module`` (TorchScript runs no hooks) in eval mode: gradex
     explains a model as it predicts, and refuses one in training mode rather than switching it
@@ -192,6 +209,7 @@ class Explainer:
         normalize: str = "minmax",
         check: bool = True,
         amp_dtype: torch.dtype | None = None,
+        output: OutputSelector = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -220,6 +238,7 @@ class Explainer:
         self.stage_transform = stage_transform
         self.check = check
         self.amp_dtype = amp_dtype
+        self.output = check_output_selector(output)
         self._layers: dict[tuple[int, int], Layers] = {}
         self._lock = threading.Lock()
 
@@ -309,15 +328,12 @@ class Explainer:
             check_finite(x, "x")
         return x
 
-    def _check_logits(self, logits, batch: int) -> torch.Tensor:
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-            raise ValueError(f"model must return (B,K) logits for B={batch}, got {got}")
-        return logits
+    def _check_logits(self, output, batch: int) -> torch.Tensor:
+        """The (B,K) logits in the model's ``output`` (see ``output=``)."""
+        return select_logits(output, self.output, batch)
 
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("cannot explain inside torch.inference_mode(): it forbids gradients")
+        refuse_inference_mode()
         if self._excitation and callable(target):
             raise TypeError(
                 f"target: method {self.method_name!r} sends a class's mass down; give class ids "
@@ -363,17 +379,22 @@ class Explainer:
         rules = ExcitationHooks(self.model) if self._excitation else contextlib.nullcontext()
         session = HookSession(self.model, layers, on_stage if self.gradual else None, on_target)
         with rules, session, torch.no_grad(), self._autocast(x.device):
-            logits = self.model(x)
+            output = self.model(x)
         session.check_complete()
-        logits = self._check_logits(logits, x.shape[0])
-        ids, score = choose_targets(logits)
-        if not score.requires_grad:
-            raise RuntimeError(f"the score does not depend on the target layer {layers.target.ref}")
-        if self._excitation:
-            contrastive = self.method_name == "contrastive excitation"
-            grads = rules.mass_at(logits, target_output[0], ids, contrastive)
-        else:
-            (grads,) = torch.autograd.grad(score.sum(), target_output[0])
+        # With gradients on whatever the caller's mode (an evaluation loop's torch.no_grad()):
+        # the logits' selection and the score must extend the graph the forward recorded.
+        with torch.enable_grad():
+            logits = self._check_logits(output, x.shape[0])
+            ids, score = choose_targets(logits)
+            if not score.requires_grad:
+                raise RuntimeError(
+                    f"the score does not depend on the target layer {layers.target.ref}"
+                )
+            if self._excitation:
+                contrastive = self.method_name == "contrastive excitation"
+                grads = rules.mass_at(logits, target_output[0], ids, contrastive)
+            else:
+                (grads,) = torch.autograd.grad(score.sum(), target_output[0])
         cam = cams.compute_cam(self._method, target_output[0].detach(), grads)
         stages = reduced if self.gradual else []
         if check:
@@ -404,6 +425,16 @@ class Explainer:
         x = self._check_input(x)
         layers = self.layers_for(x)
         _check_eval_mode(self.model, self._modules)
+        activations, on_stage = self.stage_keeper(layers)
+        session = HookSession(self.model, layers, on_stage, None)
+        with session, torch.no_grad(), self._autocast(x.device):
+            output = self.model(x)
+        session.check_complete()
+        return Capture(self._check_logits(output, x.shape[0]), activations, layers)
+
+    def stage_keeper(self, layers: Layers):
+        """``(activations, on_stage)``: a list that ``on_stage(k, output)`` (a ``HookSession``
+        callback) fills with each GE stage's activation, stage transform applied."""
         transforms = self._transform_for(layers)
         activations: list = [None] * len(layers.stages)
 
@@ -415,8 +446,4 @@ class Explainer:
                 apply_transform(output, transforms[k]) if transforms[k] else output.clone()
             )
 
-        session = HookSession(self.model, layers, on_stage, None)
-        with session, torch.no_grad(), self._autocast(x.device):
-            logits = self.model(x)
-        session.check_complete()
-        return Capture(self._check_logits(logits, x.shape[0]), activations, layers)
+        return activations, on_stage

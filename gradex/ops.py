@@ -261,7 +261,10 @@ def extrapolate(
     """Gradual Extrapolation of a coarse class map through earlier feature maps.
 
     Args:
-        heatmap: (B,1,h,w) or (B,h,w) coarse map (Grad-CAM or any other heatmap).
+        heatmap: (B,1,h,w) or (B,h,w) class map (Grad-CAM or any other heatmap), at any
+            resolution: a map finer than the deepest stage (one upsampled to the input's size,
+            as pytorch-grad-cam's are) is first area-pooled to that stage's grid
+            (``F.adaptive_avg_pool2d``), so that GE starts from the coarse map, not a blur of it.
         activations: (B,C_k,H_k,W_k) tensors of the same forward pass, ordered shallow to deep.
         output_size: int or (H, W) of the result; default: the shallowest stage's size.
         normalize: 'minmax' (default; True) maps each sample to [0, 1]; 'standardize' is the

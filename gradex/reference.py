@@ -2,7 +2,8 @@
 
 The math (DESIGN.md §1), for each sample b on its own:
 
-    g = H[b]                                   (float32 from here on)
+    g = H[b]                                   (float32 from here on; a map finer than the
+                                               deepest stage is first area-pooled to its grid)
     for each stage k, deepest first:
         g = bilinear(g, (H_k, W_k))            (align_corners=False)
         g = g * S_k / M_k                      S_k = Σ_c A_k[b, c],  M_k = max A_k[b]
@@ -306,6 +307,7 @@ def extrapolate(
     """Gradual Extrapolation of ``heatmap`` through ``activations`` (shallow to deep), per sample.
 
     Returns a (B,1,H_out,W_out) float32 map; normalised, its values are in [0, 1].
+    A heatmap finer than the deepest stage is area-pooled to that stage's grid first.
     ``transform`` ('relu' or 'abs') is applied to each activation first; without one, negative
     activations are refused when ``check`` is on. ``stage_weighting='global'`` with
     ``normalize='standardize'`` is the paper's formula.

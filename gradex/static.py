@@ -21,7 +21,7 @@ import threading
 import torch
 
 from ._validation import check_finite, check_image_batch
-from .explainer import Explainer, Explanation, check_target_ids
+from .explainer import Explainer, Explanation, check_target_ids, refuse_inference_mode
 from .ops import resolve_backend
 
 MODES = ("auto", "cuda_graph", "eager")
@@ -85,8 +85,7 @@ class StaticExplainer:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("cannot explain inside torch.inference_mode(): it forbids gradients")
+        refuse_inference_mode()
         example = explainer._check_input(example)
         if mode == "auto":
             mode = "cuda_graph" if example.device.type == "cuda" else "eager"
@@ -176,6 +175,8 @@ class StaticExplainer:
             self._use_given.copy_(given)
 
     def __call__(self, x: torch.Tensor, target=None, *, copy: bool = True) -> Explanation:
+        if self._graph is None:  # a graph's replay records nothing, so only the eager path asks
+            refuse_inference_mode()
         with self._lock:
             if self._done is not None:
                 torch.cuda.current_stream(self.input.device).wait_event(self._done)

@@ -536,3 +536,128 @@ def test_a_model_in_training_mode_is_refused_and_left_as_it_was():
     assert _hook_count(model) == 0
     model.eval()
     assert explainer(x).saliency.shape == (2, 1, 32, 32)  # the same explainer, once in eval mode
+
+
+# -- where users call it: torch.no_grad(), torch.inference_mode() --------------------------------
+
+
+@pytest.mark.parametrize("method", [*METHODS, "excitation", "contrastive excitation"])
+def test_explaining_inside_no_grad_gives_the_same_map(method):
+    # An evaluation loop runs under torch.no_grad(); the score used to be computed there too,
+    # without a graph, and the call failed blaming the target layer.
+    model = get("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    explainer = gradex.Explainer(model, method=method)
+    expected = explainer(x)
+    with torch.no_grad():
+        got = explainer(x, target=[1, 7])
+        again = explainer(x)
+    for field in ("saliency", "cam", "target", "score", "logits"):
+        torch.testing.assert_close(getattr(again, field), getattr(expected, field))
+    assert got.target.tolist() == [1, 7] and got.saliency.amax() == 1
+    assert not got.score.requires_grad and not got.saliency.requires_grad
+
+
+def test_no_grad_is_still_on_after_an_explanation():
+    explainer = gradex.Explainer(TinyCNN().eval())
+    with torch.no_grad():
+        explainer(torch.randn(1, 3, 32, 32))
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+
+
+def test_capture_works_inside_no_grad_and_inference_mode():
+    model = get("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    explainer = gradex.Explainer(model)
+    expected = explainer.capture(x)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got = explainer.capture(x)
+        for a, b in zip(got.activations, expected.activations, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        heatmap = torch.rand(2, 1, 2, 2) + 0.1
+        torch.testing.assert_close(
+            gradex.extrapolate(heatmap, got.activations),
+            gradex.extrapolate(heatmap, expected.activations),
+        )
+
+
+@pytest.mark.parametrize("method", ["gradcam", "excitation"])
+def test_inference_mode_is_refused_with_what_to_do(method):
+    explainer = gradex.Explainer(TinyCNN().eval(), method=method)
+    with torch.inference_mode(), pytest.raises(RuntimeError) as error:
+        explainer(torch.randn(1, 3, 32, 32))
+    message = str(error.value)
+    assert "inference_mode()" in message and "torch.no_grad()" in message
+    assert "outside" in message
+
+
+# -- models returning more than logits: output= ---------------------------------------------------
+
+
+class _WithAux(nn.Module):
+    """A classifier whose forward returns ``wrap(logits, features)``."""
+
+    def __init__(self, wrap):
+        super().__init__()
+        self.net = TinyCNN()
+        self.wrap = wrap
+
+    def forward(self, x):
+        features = self.net.stage3(self.net.stage2(self.net.stage1(x)))
+        logits = self.net.fc(self.net.pool(features).flatten(1))
+        return self.wrap(logits, features)
+
+
+class _HFStyleOutput:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+OUTPUT_KINDS = {
+    "tuple": (lambda logits, aux: (logits, aux), 0),
+    "tuple-last": (lambda logits, aux: (aux, logits), -1),
+    "dict": (lambda logits, aux: {"aux": aux, "logits": logits}, "logits"),
+    "attribute": (lambda logits, aux: _HFStyleOutput(logits), "logits"),
+    "callable": (lambda logits, aux: {"heads": [logits * 1]}, lambda out: out["heads"][0]),
+}
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_output_selects_the_logits_of_a_model_returning_more(kind):
+    wrap, selector = OUTPUT_KINDS[kind]
+    model = _WithAux(wrap).eval()
+    plain = _WithAux(lambda logits, aux: logits).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    expected = gradex.Explainer(plain)(x)
+    for mode in (torch.enable_grad, torch.no_grad):
+        with mode():
+            got = gradex.Explainer(model, output=selector)(x)
+        torch.testing.assert_close(got.saliency, expected.saliency)
+        torch.testing.assert_close(got.logits, expected.logits)
+    captured = gradex.Explainer(model, output=selector).capture(x)
+    torch.testing.assert_close(captured.logits, expected.logits)
+    static = gradex.Explainer(model, output=selector).static(x)
+    torch.testing.assert_close(static(x).saliency, expected.saliency)
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict", "attribute"])
+def test_a_model_returning_more_than_logits_is_refused_naming_output(kind):
+    model = _WithAux(OUTPUT_KINDS[kind][0]).eval()
+    with pytest.raises(ValueError, match=r"model must return \(B,K\) logits.*pass output="):
+        gradex.Explainer(model)(torch.randn(1, 3, 32, 32))
+
+
+def test_a_bad_output_selector_is_refused_by_name():
+    model = _WithAux(lambda logits, aux: (logits, aux)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="output=5: .* has no index 5"):
+        gradex.Explainer(model, output=5)(x)
+    with pytest.raises(ValueError, match=r"output=1 must select \(B,K\) logits"):
+        gradex.Explainer(model, output=1)(x)  # the (B,C,h,w) features
+    with pytest.raises(ValueError, match="has no key or attribute 'logits'"):
+        gradex.Explainer(model, output="logits")(x)
+    with pytest.raises(TypeError, match="output must be None, an int index, a str key"):
+        gradex.Explainer(model, output=1.5)

@@ -149,3 +149,37 @@ def test_output_size_is_bounded_before_any_allocation():
         with pytest.raises(ValueError, match="larger than gradex makes maps"):
             gradex.extrapolate(heatmap, acts, output_size=size)
     assert gradex.extrapolate(heatmap, acts, output_size=(16384, 3)).shape == (1, 1, 16384, 3)
+
+
+@pytest.mark.parametrize(
+    "heatmap_size, grid",
+    [((32, 32), (4, 4)), ((30, 27), (4, 4)), ((32, 3), (4, 3)), ((4, 4), (4, 4))],
+    ids=["divisible", "not-divisible", "finer-in-height-only", "already-on-the-grid"],
+)
+def test_a_heatmap_finer_than_the_deepest_stage_is_area_pooled_to_its_grid(heatmap_size, grid):
+    # A heatmap made elsewhere often comes at the input's size; GE used to start from a bilinear
+    # downsample of it (a few pixels per cell) and returned little more than the map it was given.
+    acts = random_stages(2, [(16, 16), (8, 8), (4, 4)])
+    heatmap = torch.rand(2, 1, *heatmap_size) + 0.1
+    heatmap[:, :, : heatmap_size[0] // 2] *= 4  # structure that pooling must keep
+    before = heatmap.clone()
+    pooled = torch.nn.functional.adaptive_avg_pool2d(heatmap, grid)
+    for backend in ["reference", "cpu"]:
+        if not gradex.backends()[backend][0]:
+            continue
+        out = gradex.extrapolate(heatmap, acts, output_size=(32, 32), backend=backend)
+        expected = gradex.extrapolate(pooled, acts, output_size=(32, 32), backend=backend)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(
+            out, reference.extrapolate(heatmap, acts, output_size=(32, 32)), rtol=1e-5, atol=1e-5
+        )
+    assert torch.equal(heatmap, before)  # the caller's map is never modified
+
+
+def test_area_pooling_of_a_divisible_map_is_the_exact_mean_of_each_cell():
+    from gradex._validation import on_deepest_grid
+
+    heatmap = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+    pooled = on_deepest_grid(heatmap, torch.rand(1, 3, 2, 2))
+    expected = heatmap.view(1, 1, 2, 4, 2, 4).mean(dim=(3, 5))
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)

@@ -146,6 +146,23 @@ def test_bad_construction():
         explainer.static(x)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "contrastive excitation"])
+def test_static_built_and_called_inside_no_grad_equals_eager(method):
+    explainer = gradex.Explainer(get("resnet18"), method=method)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        static = explainer.static(x)
+        got = static(x, target=[2, 5])
+    assert_same_explanation(got, explainer(x, target=[2, 5]))
+
+
+def test_an_eager_static_call_inside_inference_mode_says_what_to_do():
+    x = torch.randn(1, 3, 32, 32)
+    static = gradex.Explainer(TinyCNN().eval()).static(x)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"use torch.no_grad\(\)"):
+        static(x)
+
+
 def test_amp_dtype_is_checked():
     with pytest.raises(ValueError, match="amp_dtype must be torch.bfloat16, torch.float16 or None"):
         gradex.Explainer(TinyCNN(), amp_dtype=torch.float64)
@@ -186,6 +203,20 @@ def test_cuda_graph_equals_eager(method, backend):
             # gradient kernels may still sum in another order.
             expected = explainer(x, target=target)
             assert_same_explanation(static(x, target=target), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_graph_captured_inside_no_grad_and_replayed_inside_inference_mode():
+    # A replay records no graph, so inference_mode() is no obstacle to it (only eager calls,
+    # which need autograd, are refused there).
+    explainer = gradex.Explainer(copy.deepcopy(get("resnet18")).cuda())
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        static = explainer.static(x)
+    with torch.inference_mode():
+        got = static(x, target=[3, 4])
+    assert static.mode == "cuda_graph"
+    assert_same_explanation(got, explainer(x, target=[3, 4]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.needs_cuda
