@@ -343,15 +343,6 @@ def min_max(maps: torch.Tensor) -> torch.Tensor:
     return scaled.view(maps.shape)
 
 
-def unit_map(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A (1,h,w) or (h,w) map resized to ``size`` (bilinear) and min-max scaled: an (H,W)
-    tensor in [0, 1], as overlays draw it."""
-    m = saliency.detach().float().reshape(1, 1, *saliency.shape[-2:])
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    return min_max(m[0]).view(m.shape[-2:])
-
-
 def sobel_edges(x: torch.Tensor) -> torch.Tensor:
     """(B,H,W) gradient magnitude of the channel-mean image: the edge-map control (how much a
     map only follows the image's edges)."""

@@ -80,10 +80,10 @@ def display_scale(values: torch.Tensor, display: str = DEFAULT_DISPLAY) -> torch
 
 
 def _unit_array(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """metrics.unit_map in numpy after the resize: the map resized to ``size`` (bilinear) and
-    min-max scaled, a constant map all zeros. numpy, because the panels are drawn between
-    batches on the threads the model runs on, and torch's intra-op threads on a 224x224 map
-    cost several times the work itself there."""
+    """The map resized to ``size`` (bilinear) and min-max scaled, a constant map all zeros. In
+    numpy after the resize, because the panels are drawn between batches on the threads the
+    model runs on, and torch's intra-op threads on a 224x224 map cost several times the work
+    itself there."""
     m = values.detach().float().cpu().reshape(1, 1, *values.shape[-2:])
     if tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
