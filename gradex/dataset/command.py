@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{EMBEDDED_MODEL} (embedded), a torchvision name, or timm:NAME",
     )
     parser.add_argument("--weights", help="local weights file for a torchvision or timm model")
+    parser.add_argument(
+        "--labels",
+        help="class names, one a line (or a JSON list or {id: name}): target_name and targets",
+    )
     parser.add_argument("--method", default="gradcam", choices=METHOD_CHOICES)
     parser.add_argument("--no-gradual", action="store_true", help="plain upsampled CAM, no GE")
     parser.add_argument(
@@ -86,6 +90,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.out,
         model=args.model,
         weights=args.weights,
+        labels=args.labels,
         method=args.method,
         gradual=not args.no_gradual,
         paper=args.paper,

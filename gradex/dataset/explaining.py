@@ -35,6 +35,7 @@ class ExplainOptions:
     map_size: int | None  # None: the model's input size
     map_dtype: str
     top_k: int
+    labels: str | None = None  # a --labels file: the class names of target_name and targets
 
     def explainer_for(self, bundle: ModelBundle) -> Explainer:
         options = PAPER_FORMULA if self.paper else {}
@@ -91,7 +92,11 @@ class BatchExplainer:
         self.options = options
         self.overlays = overlays
         self.device = device
-        self.bundle = bundle if bundle is not None else load_model(options.model, options.weights)
+        self.bundle = (
+            bundle
+            if bundle is not None
+            else load_model(options.model, options.weights, options.labels)
+        )
         self.bundle.model.to(device).eval()
         self.explainer = options.explainer_for(self.bundle)
         self.map_size = options.map_size or self.bundle.input_size

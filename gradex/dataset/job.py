@@ -94,12 +94,13 @@ def plan_job(
     src, dst, options: ExplainOptions, *, shard_size: int, overlays: Path | None = None
 ) -> Plan:
     items = read_source(src)
-    bundle = load_model(options.model, options.weights)
+    bundle = load_model(options.model, options.weights, options.labels)
     items = resolve_targets(items, bundle.class_names, src)
     map_size = options.map_size or bundle.input_size
     metadata = {
         "gradex_version": __version__,
         "model": bundle.name,
+        "labels": options.labels,
         "method": options.method,
         "gradual": options.gradual,
         "paper": options.paper,

@@ -35,6 +35,7 @@ def explain_dataset(
     *,
     model: str = EMBEDDED_MODEL,
     weights: str | Path | None = None,
+    labels: str | Path | None = None,
     method: str = "gradcam",
     gradual: bool = True,
     paper: bool = False,
@@ -90,6 +91,7 @@ def explain_dataset(
         map_size,
         map_dtype,
         top_k,
+        None if labels is None else str(labels),
     )
     started = time.perf_counter()
     plan = plan_job(

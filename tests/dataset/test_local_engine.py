@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torchvision
 
 import gradex
 from gradex.cli import main
@@ -196,6 +197,33 @@ def test_targets_by_name_and_id_from_a_csv_table(sample_root, tmp_path):
     assert [r["target_name"] for r in got[:2]] == ["goldfish", "goldfish"]  # class 1
     assert got[2]["target"] == got[2]["top_classes"][0]  # no target: its top-1
     assert [r["label"] for r in got] == ["fish", None, "cat"]
+
+
+def test_labels_name_the_classes_of_targets_and_rows(sample_root, tmp_path, capsys):
+    """--labels: the class names of a fine-tuned model are what targets name and rows hold."""
+    cats = sorted((sample_root / "chelsea").iterdir())[:2]
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    weights = tmp_path / "fine_tuned.pth"
+    torch.save({"epoch": 3, "model": model.state_dict()}, weights)
+    labels = tmp_path / "classes.txt"
+    labels.write_text("ok\nscratch\ndent\n")
+    table = tmp_path / "list.csv"
+    table.write_text(f"path,target\n{cats[0]},dent\n{cats[1]},\n")
+    out = tmp_path / "maps"
+    args = ["explain-dataset", str(table), "--out", str(out), "--model", "resnet18"]
+    args += ["--weights", str(weights), "--labels", str(labels), "--workers", "0"]
+    assert main([*args, "--top-k", "3"]) == 0
+    got = rows(out).to_pylist()
+    assert (got[0]["target"], got[0]["target_name"]) == (2, "dent")
+    assert got[1]["target_name"] == ["ok", "scratch", "dent"][got[1]["top_classes"][0]]
+    assert read_metadata(out)["labels"] == str(labels)
+    # The labels decide the rows: the same job with other names is another job.
+    labels.rename(tmp_path / "old.txt")
+    other = tmp_path / "other.txt"
+    other.write_text("a\nb\ndent\n")
+    args[args.index(str(labels))] = str(other)
+    assert main([*args, "--top-k", "3"]) != 0
+    assert "holds another job's output" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
