@@ -260,8 +260,10 @@ def explain_command(args: argparse.Namespace) -> int:
         for i, path in enumerate(paths):
             outputs = output.paths_for(path, kinds)
             record = _image_record(path, outputs, probs[i], exp, i, bundle.class_names, top_k)
-            target = record["target"]
-            title = f"{record['target_name']} (class {target}), p = {float(probs[i, target]):.2f}"
+            explained = record["target"]  # not `target`: that is --target, for every batch
+            title = (
+                f"{record['target_name']} (class {explained}), p = {float(probs[i, explained]):.2f}"
+            )
             if "panel" in outputs:
                 png = panel_png(
                     bundle.to_display(x[i]),

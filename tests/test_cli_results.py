@@ -51,6 +51,19 @@ def test_save_maps_writes_the_explainers_maps_and_no_panels(tmp_path):
             assert int(maps["target"]) == int(exp.target[i]) == record["target"]
 
 
+def test_every_batch_explains_its_own_top_1_without_target(tmp_path):
+    # The demo photos' top-1 classes differ (a cat, an espresso, a moped, a uniform): at one image
+    # a batch, a class carried over from an earlier batch would show as a target that is not
+    # the image's own top-1.
+    out = tmp_path / "out"
+    args = ["explain", "--demo", "--out", str(out), "--batch-size", "1", "--no-panels"]
+    assert cli.main(args) == 0
+    records = _report(out)["images"]
+    assert len({r["top"][0]["class"] for r in records}) == len(records) == 4
+    for record in records:
+        assert record["target"] == record["top"][0]["class"], record["file"]
+
+
 def test_a_maps_file_gradex_did_not_write_is_never_replaced(tmp_path):
     photo = _photo(tmp_path / "cat.png")
     out = tmp_path / "out"
