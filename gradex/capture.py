@@ -248,10 +248,16 @@ class _Call:
     kind: str
 
 
-def trace(model: nn.Module, probe: torch.Tensor) -> list[TracedOutput]:
+def trace(
+    model: nn.Module,
+    probe: torch.Tensor,
+    logits_of: Callable[[object], torch.Tensor] | None = None,
+) -> list[TracedOutput]:
     """Run ``probe`` through ``model`` once and record every module output that is a map of the
     image, in order: 4-D outputs (channels-first, or channels-last where the model treats the
-    last dimension as channels) and (B,N,C) token sequences whose N fits a patch grid."""
+    last dimension as channels) and (B,N,C) token sequences whose N fits a patch grid.
+    ``logits_of`` takes the model's output to its logits (the Explainer's ``output=``) where
+    the model returns more than them."""
     check_eager(model)
     names = {module: name for name, module in model.named_modules() if name}
     records: list[_Call] = []
@@ -312,7 +318,7 @@ def trace(model: nn.Module, probe: torch.Tensor) -> list[TracedOutput]:
     entries = _read_layouts(model, records, names, calls, probe)
     maps = [e for e in entries if _is_feature_map(e, tuple(probe.shape[-2:]))]
     if _is_transformer(maps):  # CNNs pay nothing for this
-        entries = _mark_score_dependence(model, probe, entries)
+        entries = _mark_score_dependence(model, probe, entries, logits_of)
     return entries
 
 
@@ -408,7 +414,9 @@ def _read_layouts(model, records, names, calls, probe) -> list[TracedOutput]:
     return entries
 
 
-def _mark_score_dependence(model, probe, entries: list[TracedOutput]) -> list[TracedOutput]:
+def _mark_score_dependence(
+    model, probe, entries: list[TracedOutput], logits_of=None
+) -> list[TracedOutput]:
     """Mark the transformer-layout maps that the top logit does not depend on.
 
     A ViT that classifies from its class token never reads the patch tokens of its last block's
@@ -445,7 +453,8 @@ def _mark_score_dependence(model, probe, entries: list[TracedOutput]) -> list[Tr
     )
     try:
         with torch.enable_grad():
-            logits = model(probe)
+            output = model(probe)
+            logits = output if logits_of is None else logits_of(output)
     finally:
         remove_hooks(handles)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.requires_grad:

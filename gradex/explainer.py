@@ -252,7 +252,7 @@ class Explainer:
                 _check_eval_mode(self.model, self._modules)
                 probe = x[:1].detach()
                 layers = choose_layers(
-                    trace(self.model, probe),
+                    trace(self.model, probe, self._probe_logits()),
                     size,
                     self.model,
                     self.target_layer,
@@ -262,6 +262,12 @@ class Explainer:
                 self._check_layers(layers, probe)
                 self._layers[size] = layers
             return self._layers[size]
+
+    def _probe_logits(self):
+        """How layer discovery reads the logits of its batch-1 probe: through ``output=``."""
+        if self.output is None:
+            return None
+        return lambda output: select_logits(output, self.output, 1)
 
     def _check_layers(self, layers: Layers, probe: torch.Tensor) -> None:
         size = "x".join(str(v) for v in probe.shape[-2:])

@@ -115,6 +115,25 @@ def test_vit_gradcam_on_its_patch_tokens(key, target, prefix):
     torch.testing.assert_close(exp.cam, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_a_vit_returning_a_dict_is_read_through_output_as_the_bare_vit():
+    """Discovery's probe reads the score through output=: a ViT behind a dict output gets the
+    same target as the bare ViT, not the last block's patch tokens, which no logit reads."""
+    vit = get_timm("vit")
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = vit
+
+        def forward(self, x):
+            return {"logits": self.vit(x)}
+
+    explainer = gradex.Explainer(Wrapped().eval(), gradual=False, output="logits")
+    assert str(explainer.layers_for(X).target.ref) == "vit.blocks.0"
+    bare = gradex.Explainer(vit, gradual=False)(X)
+    torch.testing.assert_close(explainer(X).cam, bare.cam)
+
+
 def test_vit_refuses_gradual_extrapolation_and_says_why():
     with pytest.raises(ValueError) as info:
         gradex.Explainer(get_timm("vit"))(X)
