@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .overlays import DEFAULT_COLORMAP, DEFAULT_DISPLAY, overlay_rgb
+from .overlays import DEFAULT_COLORMAP, DEFAULT_DISPLAY, as_uint8, overlay_rgb
 
 _MARGIN = 8  # pixels around and between the tiles
 _TITLE_SIZE, _LABEL_SIZE = 15, 12  # font sizes in pixels
@@ -60,7 +60,7 @@ def panel_png(
     image's size with its label above it and ``title`` above all: PNG bytes."""
     image = image.detach().float().cpu()
     tiles = [
-        (np.rint(image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8), "input"),
+        (as_uint8(image.permute(1, 2, 0).numpy()), "input"),
         (overlay_rgb(image, cam, colormap=colormap, scaling=display), f"{method} (upsampled)"),
     ]
     if saliency is not None:

@@ -25,8 +25,12 @@ def get(name: str) -> nn.Module:
     if name == "efficientnet_lite0":
         return gradex.models.load_lite0()
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
-    # Random init leaves BatchNorm at identity; random statistics make the maps less trivial.
+    return random_statistics(torchvision.models.get_model(name, weights=None).eval())
+
+
+def random_statistics(model: nn.Module) -> nn.Module:
+    """``model`` with random BatchNorm statistics (drawn from torch's global generator). Random
+    init leaves BatchNorm at identity; random statistics make the maps less trivial."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):

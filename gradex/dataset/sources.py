@@ -12,12 +12,10 @@ what lets a rerun skip finished shards and never explain an image twice.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli_paths import PANEL_SUFFIX
-from ..images import IMAGE_SUFFIXES
+from ..images import find_images
 
 TABLE_SUFFIXES = {".parquet", ".csv"}
 
@@ -32,18 +30,10 @@ class Item:
 
 
 def _folder_items(root: Path) -> list[Item]:
-    paths = []
-    # os.walk without following links: a link loop cannot make the job endless.
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in files:
-            lowered = name.lower()
-            if (
-                Path(lowered).suffix in IMAGE_SUFFIXES
-                and not lowered.endswith(PANEL_SUFFIX)
-                and not name.startswith(".")
-            ):
-                paths.append(Path(folder) / name)
+    # The walk gradex explain --recursive does (hidden files and gradex's outputs left out, links
+    # to folders not followed, so a link loop cannot make the job endless); the job's order is
+    # its own, by relative path as text, which the fingerprints of existing outputs record.
+    paths = find_images([root], recursive=True).files
     relative = sorted(p.relative_to(root).as_posix() for p in paths)
     # ImageFolder: images sit one folder below the root, the folder names their class.
     image_folder = bool(relative) and all(r.count("/") == 1 for r in relative)

@@ -2,7 +2,7 @@
 
 import torch
 import torchvision
-from models_zoo import TinyCNN
+from models_zoo import TinyCNN, random_statistics
 from torch import nn
 
 import gradex
@@ -15,22 +15,12 @@ TINY_SIZE = 32
 
 def resnet18() -> nn.Module:
     torch.manual_seed(0)
-    return _random_statistics(torchvision.models.resnet18(num_classes=10).eval())
+    return random_statistics(torchvision.models.resnet18(num_classes=10).eval())
 
 
 def tiny() -> nn.Module:
     torch.manual_seed(0)
-    return _random_statistics(TinyCNN().eval())
-
-
-def _random_statistics(model: nn.Module) -> nn.Module:
-    # Random init leaves BatchNorm at identity; random statistics make the maps less trivial.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-    return model
+    return random_statistics(TinyCNN().eval())
 
 
 def images(batch: int = 2, size: int = SIZE) -> torch.Tensor:
