@@ -11,7 +11,7 @@ Importing gradex compiles nothing and touches no GPU.
 """
 
 from . import reference
-from .explainer import Capture, Explainer, Explanation
+from .explainer import PAPER_OPTIONS, Capture, Explainer, Explanation
 from .ops import backends, extrapolate
 from .static import StaticExplainer
 
@@ -20,6 +20,7 @@ __all__ = [
     "Capture",
     "Explainer",
     "Explanation",
+    "PAPER_OPTIONS",
     "StaticExplainer",
     "backends",
     "extrapolate",

@@ -144,16 +144,24 @@ def _identity(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
 
 
+# What a LayerRef reads of its module call: what it returns, or the first tensor it is given.
+OUTPUT, INPUT = "output", "input"
+
+
 @dataclass(frozen=True)
 class LayerRef:
-    """One call of one module: ``name`` and which call (0-based) in a forward pass."""
+    """One call of one module: ``name`` and which call (0-based) in a forward pass; ``part``
+    says whether the call's output or its first input is read (the paper's layer rule reads
+    the input of its first hooked layer: the image itself on ResNet-50)."""
 
     name: str
     call: int = 0
     calls: int = 1  # how often the module runs per forward; decides how the ref is written
+    part: str = OUTPUT
 
     def __str__(self) -> str:
-        return f"{self.name}#{self.call}" if self.calls > 1 else self.name
+        base = f"{self.name}#{self.call}" if self.calls > 1 else self.name
+        return f"{base} (input)" if self.part == INPUT else base
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,9 @@ class TracedOutput:
     # The tensor's identity in the probe forward: a block and the containers around it that
     # return its output unchanged share one.
     tensor: tuple = dataclasses.field(default=(), compare=False, repr=False)
+    # The module's first input (the paper's layer rule reads one): its identity and shape.
+    input_tensor: tuple = dataclasses.field(default=(), compare=False, repr=False)
+    input_shape: tuple = dataclasses.field(default=(), compare=False, repr=False)
 
 
 def as_feature_map(entry: TracedOutput, output: torch.Tensor) -> torch.Tensor:
@@ -217,14 +228,15 @@ def check_eager(model: nn.Module) -> None:
             raise TypeError(f"model: its submodule {name!r} is a TorchScript module: {needs}")
 
 
-def register_hooks(pairs) -> list:
-    """Forward hooks from ``(module, hook)`` pairs, as handles. If a registration fails (a
-    module refuses hooks), the ones already made are removed before the error goes on: nothing
-    is left on the model on any path."""
+def register_hooks(pairs, pre: bool = False) -> list:
+    """Forward hooks (``pre``: forward pre-hooks) from ``(module, hook)`` pairs, as handles. If a
+    registration fails (a module refuses hooks), the ones already made are removed before the
+    error goes on: nothing is left on the model on any path."""
     handles: list = []
     try:
         for module, hook in pairs:
-            handles.append(module.register_forward_hook(hook))
+            register = module.register_forward_pre_hook if pre else module.register_forward_hook
+            handles.append(register(hook))
     except BaseException:
         remove_hooks(handles)
         raise
@@ -409,6 +421,8 @@ def _read_layouts(model, records, names, calls, probe) -> list[TracedOutput]:
                     r.module in in_attention or r.key in attention_keys or r.shape[0] != batch
                 ),
                 tensor=r.key,
+                input_tensor=r.input_key or (),
+                input_shape=r.input_shape or (),
             )
         )
     return entries
@@ -494,6 +508,10 @@ class Layers:
     # would explain (gradex.Explainer checks, and refuses rather than move the target).
     collapsed: TracedOutput | None = None
     transformer: bool = False  # found in channels-last or token maps
+    # The CAM reads the target's output as the forward left it, not as the module returned it:
+    # the paper's Grad-CAM (TorchRay's probe on VGG16's last conv, which the in-place ReLU after
+    # it overwrote; gradex.paper_layers).
+    target_as_left: bool = False
 
     @property
     def single_resolution(self) -> bool:
@@ -503,6 +521,8 @@ class Layers:
 
     def describe(self) -> str:
         lines = [f"target layer: {self.target.ref}  {_shape(self.target)}"]
+        if self.target_as_left:
+            lines[0] += "  read as the forward left it (the paper's Grad-CAM)"
         lines.append(f"GE stages ({len(self.stages)}, shallow to deep):")
         for stage in self.stages:
             lines.append(f"  {str(stage.ref):40s} {_shape(stage)}  {stage.kind}")
@@ -575,7 +595,7 @@ def choose_layers(
     else the deepest feature map at all. Within each kind, the output of a block (a module with
     children: ResNet's layer1, ConvNeXt's stages) comes before a lone activation inside the next
     block, such as the 1x1 reduction of ResNet-50's layer2.0, which is narrower and no deeper in
-    meaning.
+    meaning. ``'paper'`` for either takes the original GE code's layers (gradex.paper_layers).
     """
     feature_maps = [e for e in traced if _is_feature_map(e, input_hw)]
     head_pools = {t.__name__ for t in _HEAD_POOL_TYPES}
@@ -587,7 +607,13 @@ def choose_layers(
     feature_maps = [e for e in feature_maps if (e.layout != CHANNELS_FIRST) == transformer]
     candidates = [e for e in candidates if (e.layout != CHANNELS_FIRST) == transformer]
     collapsed = None
-    if target_layer is not None:
+    # The original GE code's layers (gradex.paper_layers, which builds on this module).
+    from .paper_layers import PAPER, paper_stages, paper_target
+
+    paper_target_chosen = isinstance(target_layer, str) and target_layer == PAPER
+    if paper_target_chosen:
+        target = paper_target(traced, model)
+    elif target_layer is not None:
         target = find_entry(traced, target_layer, model, "target_layer")
     else:
         if transformer:
@@ -604,9 +630,12 @@ def choose_layers(
         target = candidates[-1]
         collapsed = _collapsed_after(traced, target, input_hw, head_pools)
 
+    if isinstance(stages, str) and stages == PAPER:
+        chosen = paper_stages(traced, model, allow_signed)
+        return Layers(target, chosen, collapsed, transformer, paper_target_chosen)
     if stages is not None:
         if isinstance(stages, (str, nn.Module)) or not isinstance(stages, Sequence):
-            raise TypeError("stages must be a list of modules or dotted names")
+            raise TypeError("stages must be a list of modules or dotted names, or 'paper'")
         chosen = sorted((find_entry(traced, s, model, "stages") for s in stages), key=_order)
         for entry in chosen:
             if entry.kind != NON_NEGATIVE and not allow_signed:
@@ -620,7 +649,7 @@ def choose_layers(
                     f"stages: {deep.ref} ({deep.shape[-2]}x{deep.shape[-1]}) runs after "
                     f"{shallow.ref} but is finer; stages must coarsen from shallow to deep"
                 )
-        return Layers(target, tuple(chosen), collapsed, transformer)
+        return Layers(target, tuple(chosen), collapsed, transformer, paper_target_chosen)
 
     th, tw = target.shape[-2:]
     by_resolution: dict[tuple[int, int], list[TracedOutput]] = {}
@@ -655,7 +684,7 @@ def choose_layers(
     if transformer:
         target = _as_block(target, traced, model)
         chosen = [_as_block(e, traced, model) for e in chosen]
-    return Layers(target, tuple(chosen), collapsed, transformer)
+    return Layers(target, tuple(chosen), collapsed, transformer, paper_target_chosen)
 
 
 def _as_block(entry: TracedOutput, traced: Sequence[TracedOutput], model: nn.Module):
@@ -769,33 +798,69 @@ class HookSession:
         self._on_target = on_target
         self._handles: list = []
         self._owner: int | None = None
-        self._calls: dict[str, int] = {}
+        self._calls: dict[tuple[str, str], int] = {}
         self.fired: set[LayerRef] = set()
 
-    def _wanted(self) -> dict[str, list[tuple[int, str, int, TracedOutput]]]:
-        wanted: dict[str, list[tuple[int, str, int, TracedOutput]]] = {}
+    def _wanted(self) -> dict[tuple[str, str], list[tuple[int, str, int, TracedOutput]]]:
+        """The actions per (module name, part read): (call, role, stage index, entry)."""
+        wanted: dict[tuple[str, str], list[tuple[int, str, int, TracedOutput]]] = {}
         if self._on_stage is not None:
             for k, stage in enumerate(self._layers.stages):
-                wanted.setdefault(stage.ref.name, []).append((stage.ref.call, "stage", k, stage))
+                key = (stage.ref.name, stage.ref.part)
+                wanted.setdefault(key, []).append((stage.ref.call, "stage", k, stage))
         if self._on_target is not None:
             target = self._layers.target
-            wanted.setdefault(target.ref.name, []).append((target.ref.call, "target", -1, target))
+            key = (target.ref.name, target.ref.part)
+            wanted.setdefault(key, []).append((target.ref.call, "target", -1, target))
         return wanted
 
     def __enter__(self) -> HookSession:
         self._owner = threading.get_ident()
+        wanted = self._wanted()
+        module = self._model.get_submodule
         self._handles = register_hooks(
-            (self._model.get_submodule(name), self._make_hook(name, actions))
-            for name, actions in self._wanted().items()
+            (module(name), self._make_hook(name, actions))
+            for (name, part), actions in wanted.items()
+            if part == OUTPUT
         )
+        try:  # a stage read from a module's input is read before the module runs
+            self._handles += register_hooks(
+                (
+                    (module(name), self._make_input_hook(name, actions))
+                    for (name, part), actions in wanted.items()
+                    if part == INPUT
+                ),
+                pre=True,
+            )
+        except BaseException:
+            remove_hooks(self._handles)
+            raise
         return self
+
+    def _next_call(self, name: str, part: str) -> int | None:
+        """This thread's count of the module's calls so far; None on another thread."""
+        if threading.get_ident() != self._owner:
+            return None
+        call = self._calls.get((name, part), 0)
+        self._calls[(name, part)] = call + 1
+        return call
+
+    def _make_input_hook(self, name: str, actions: list[tuple[int, str, int, TracedOutput]]):
+        def hook(module, inputs):
+            call = self._next_call(name, INPUT)
+            for wanted_call, _, k, entry in actions:  # stages only: a target is an output
+                if call == wanted_call:
+                    self.fired.add(LayerRef(name, call, part=INPUT))
+                    self._on_stage(k, as_feature_map(entry, inputs[0]))
+            return None
+
+        return hook
 
     def _make_hook(self, name: str, actions: list[tuple[int, str, int, TracedOutput]]):
         def hook(module, inputs, output):
-            if threading.get_ident() != self._owner:
+            call = self._next_call(name, OUTPUT)
+            if call is None:
                 return None
-            call = self._calls.get(name, 0)
-            self._calls[name] = call + 1
             replacement = None
             # Stages first: they must see the output as the module produced it.
             for wanted_call, role, k, entry in sorted(actions, key=lambda a: a[1] != "stage"):
@@ -821,5 +886,5 @@ class HookSession:
         if self._on_target:
             refs.append(self._layers.target.ref)
         for ref in refs:
-            if LayerRef(ref.name, ref.call) not in self.fired:
+            if LayerRef(ref.name, ref.call, part=ref.part) not in self.fired:
                 raise RuntimeError(f"layer {ref} did not run in this forward pass")

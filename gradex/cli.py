@@ -19,13 +19,12 @@ from tqdm import tqdm
 from .cams import METHOD_CHOICES
 from .cli_paths import REPORT_NAME, ExplainOutput
 from .devices import parse_device
-from .explainer import Explainer
+from .explainer import PAPER_OPTIONS, Explainer
 from .images import ImageError, demo_photos, find_images, load_rgb
 from .labels import resolve_target
 from .models import EMBEDDED_MODEL, check_model_name, load_model
 from .ops import resolve_backend
 from .overlays import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_DISPLAY, DISPLAY_CHOICES
-from .reference import PAPER_FORMULA
 from .viz import panel_png
 
 METHOD_TITLES = {
@@ -77,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--paper",
         action="store_true",
-        help="GE as the paper computes it (global stage weighting, standardise-and-clip)",
+        help="GE as the original code computes it, per image: its layers (every max pool and "
+        "strided conv, Grad-CAM at the last conv), global stage weighting, standardise-and-clip",
     )
     _add_output_arguments(explain)
     dataset = commands.add_parser(
@@ -233,7 +233,7 @@ def explain_command(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k > classes:
         raise ValueError(f"--top-k {args.top_k}: the model has only {classes} classes")
     top_k = min(5, classes) if args.top_k is None else args.top_k
-    options = PAPER_FORMULA if args.paper else {}
+    options = PAPER_OPTIONS if args.paper else {}
     explainer = Explainer(model, method=args.method, gradual=not args.no_gradual, **options)
     method_title = METHOD_TITLES[explainer.method_name]
     picture = {"colormap": args.colormap, "display": args.display}

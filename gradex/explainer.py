@@ -38,7 +38,12 @@ from .capture import (
 from .excitation import ExcitationHooks
 from .model_output import OutputSelector, check_output_selector, select_logits
 from .ops import Backend, check_backend_name, extrapolate_reduced, resolve_backend
-from .reference import apply_transform
+from .paper_layers import PAPER
+from .reference import PAPER_FORMULA, apply_transform
+
+# GE as the original code computes it, per image: its layers (gradex.paper_layers) and its
+# formula. ``gradex explain --paper`` runs the Explainer with these options.
+PAPER_OPTIONS = {"target_layer": PAPER, "stages": PAPER, **PAPER_FORMULA}
 
 AMP_DTYPES = (None, torch.bfloat16, torch.float16)
 
@@ -167,9 +172,12 @@ class Explainer:
             or 'excitation' / 'contrastive excitation' (excitation backprop, gradex.excitation:
             the layers after the target layer pass a class's mass down instead of a gradient).
         target_layer: module or dotted name (``name#k`` for the k-th call of a reused module);
-            default: the last spatial feature map.
+            default: the last spatial feature map; 'paper': the original GE code's (the last
+            convolution, read as TorchRay read it; gradex.paper_layers).
         stages: modules or names of the GE stages; default: one per resolution, the deepest
-            non-negative (post-ReLU) map at each resolution at least as fine as the target's.
+            non-negative (post-ReLU) map at each resolution at least as fine as the target's;
+            'paper': the original's (every max pool and strided convolution, and the input of
+            the first). ``PAPER_OPTIONS`` holds the original's layers and formula together.
         backend: 'auto' or a name from ``gradex.backends()``.
         gradual: False gives the plain upsampled CAM (normalised the same way).
         stage_transform: applied to stages that may be negative (where a resolution has no
@@ -366,19 +374,23 @@ class Explainer:
         _check_eval_mode(self.model, self._modules)
         transforms = self._transform_for(layers)
         reduced: list = [None] * len(layers.stages)
-        target_output: list[torch.Tensor] = []
+        # The target layer's output as a leaf (the gradient is taken there), and the copy of it
+        # handed on to the rest of the model.
+        target_leaf: list[torch.Tensor] = []
+        target_handed_on: list[torch.Tensor] = []
 
         def on_stage(k: int, output: torch.Tensor) -> None:
             reduced[k] = backend.reduce_stage(output, transforms[k])
 
         def on_target(output: torch.Tensor) -> torch.Tensor:
             leaf = output.detach().requires_grad_(True)
-            target_output.append(leaf)
+            target_leaf.append(leaf)
             # From here on the forward records a graph: the score's gradient is needed only
             # down to this layer. The enclosing no_grad() restores the mode after the forward.
             torch.set_grad_enabled(True)
             # A clone, so that an in-place op after this layer never touches the leaf.
-            return leaf.clone()
+            target_handed_on.append(leaf.clone())
+            return target_handed_on[0]
 
         # Excitation hooks go on first, so that the target layer's call, which runs before any
         # graph is recorded, is left to the session's hook.
@@ -398,10 +410,13 @@ class Explainer:
                 )
             if self._excitation:
                 contrastive = self.method_name == "contrastive excitation"
-                grads = rules.mass_at(logits, target_output[0], ids, contrastive)
+                grads = rules.mass_at(logits, target_leaf[0], ids, contrastive)
             else:
-                (grads,) = torch.autograd.grad(score.sum(), target_output[0])
-        cam = cams.compute_cam(self._method, target_output[0].detach(), grads)
+                (grads,) = torch.autograd.grad(score.sum(), target_leaf[0])
+        # The paper's Grad-CAM reads the activation as the forward left it (an in-place ReLU
+        # after VGG16's features.28 rectifies it); the gradient stays the layer output's.
+        activation = target_handed_on[0] if layers.target_as_left else target_leaf[0]
+        cam = cams.compute_cam(self._method, activation.detach(), grads)
         stages = reduced if self.gradual else []
         if check:
             check_finite(cam, f"the CAM at {layers.target.ref}")

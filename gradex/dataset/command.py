@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--paper",
         action="store_true",
-        help="GE as the paper computes it (global weighting, standardise-and-clip)",
+        help="GE as the original code computes it, per image: its layers (every max pool and "
+        "strided conv, Grad-CAM at the last conv), global stage weighting, standardise-and-clip",
     )
     parser.add_argument(
         "--map-size",

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..explainer import Explainer
+from ..explainer import PAPER_OPTIONS, Explainer
 from ..metrics import min_max
 from ..models import ModelBundle, load_model
 from ..overlays import as_uint8, overlay_png
-from ..reference import PAPER_FORMULA
 from ..static import StaticExplainer
 
 
@@ -38,7 +37,7 @@ class ExplainOptions:
     labels: str | None = None  # a --labels file: the class names of target_name and targets
 
     def explainer_for(self, bundle: ModelBundle) -> Explainer:
-        options = PAPER_FORMULA if self.paper else {}
+        options = PAPER_OPTIONS if self.paper else {}
         return Explainer(bundle.model, method=self.method, gradual=self.gradual, **options)
 
 

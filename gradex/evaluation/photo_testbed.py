@@ -23,15 +23,14 @@ from .. import metrics
 from ..explainer import Explainer
 from ..models import load_lite0
 from .photos import make_crops, make_grids
-from .rows import COARSE_METHODS, cam_row, grid_maps, grid_scores, rows
+from .rows import COARSE_METHODS, PAPER_ROW, cam_row, grid_maps, grid_scores, rows
 
 CROPS_SEED, GRIDS_SEED = 60_000, 70_000
 # The last block at each resolution (448 px grids: 224, 112, 56, 28, 14).
 BLOCK_OUTPUTS = ("_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15")
 EXAMPLES = 2  # grids shown with each method's maps in the report
 # Deletion/insertion cost 2 × 225 forward passes an image (over 15 s on a 2-core CPU): only the
-# methods and the paper's formula get them here; the other rows show "–".
-PAPER_ROW = "gradcam + GE, paper's formula"
+# methods and the paper (its layers and formula, PAPER_ROW) get them here; the other rows show "–".
 
 
 def _stage_rows():

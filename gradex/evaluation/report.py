@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..cli_paths import ReportFolder, mark_png, report_folder
-from .rows import ABLATIONS
+from .rows import ABLATIONS, PAPER_ROW
 from .stats import format_difference, format_mean, paired_difference, summary
 
 METRICS = {  # key -> (column title, higher is better)
@@ -25,7 +25,6 @@ METRICS = {  # key -> (column title, higher is better)
 }
 PHOTO_METRICS = [m for m in METRICS if m not in ("energy_in_mask", "pointing_game")]
 CONSTANT = "GE on a constant map (control)"
-PAPER = "gradcam + GE, paper's formula"
 GLOBAL = "gradcam + GE, global stage weighting"
 
 # The files of a report, and how an earlier report's are told from someone else's files.
@@ -153,7 +152,11 @@ def failing_cells(photos: dict) -> dict:
     rows = photos["rows"]
     share = photos["energy_share"].double()
     coarse = rows["gradcam"]["grid_localisation"].double()
-    variants = {"GE (defaults)": "gradcam + GE", "GE, global weighting": GLOBAL, "GE, paper": PAPER}
+    variants = {
+        "GE (defaults)": "gradcam + GE",
+        "GE, global weighting": GLOBAL,
+        "GE, paper": PAPER_ROW,
+    }
     per_photo = []
     for index, name in enumerate(photos["names"]):
         cells = photos["cell_photos"] == index
@@ -223,7 +226,7 @@ def _headline(results: dict, table: dict, photo_table: dict | None) -> list[str]
     names = []
     for method in results["settings"]["methods"]:
         names += [method, f"{method} + GE"]
-    names += [PAPER, next(r for r in table if r.startswith("LayerCAM fusion")), CONSTANT]
+    names += [PAPER_ROW, next(r for r in table if r.startswith("LayerCAM fusion")), CONSTANT]
     columns = [
         ("B energy in mask", table, "energy_in_mask", False),
         ("B grid loc. (median)", table, "grid_localisation", True),
@@ -279,13 +282,15 @@ def markdown(
         f"matplotlib): {settings['photo_grids']} 2×2 grids of 224 px crops (448 px), up to "
         f"{settings['photo_crops']} confident crops (top-1 ≥ 0.5) per photo; Average Drop and "
         f"edges on {settings['photo_singles']} crops, deletion/insertion on "
-        f"{settings['photo_faithfulness']} crops, for the methods and the paper's formula only "
+        f"{settings['photo_faithfulness']} crops, for the methods and the paper only "
         "(450 forward passes a crop)",
         "- RISE: 224 steps, deletion baseline 0 (the mean colour), insertion from a Gaussian "
         "blur (kernel 11, σ 5). Values: mean [95 % bootstrap interval of the mean]; maps in "
         "[0, 1] at input resolution; targets: the true class (B) or the predicted class (A)",
         "- GE: gradex's defaults (local stage weighting, min-max normalisation) unless the row "
-        "says otherwise; 'paper's formula' is the paper's computation, per image",
+        "says otherwise; 'paper's formula' is the paper's computation on gradex's layers, "
+        "'the paper's layers and formula' the original code's whole (its layers: "
+        "`gradex.paper_layers`), per image",
         "",
         "## Main table",
         "",
@@ -516,9 +521,10 @@ def _ablation_section(table: dict, photo_table: dict | None) -> list[str]:
         "## Choosing GE's defaults (Grad-CAM)",
         "",
         "Each row undoes one default (global stage weighting: the paper's; standardise-and-clip: "
-        "the paper's normalisation); 'block outputs' reads the blocks' linear-bottleneck outputs "
-        "(made non-negative by 'relu' or 'abs') instead of the default post-ReLU6 maps "
-        "(testbed A only: the synthetic CNN has only post-ReLU maps).",
+        "the paper's normalisation); 'paper's formula' undoes both, and 'the paper's layers and "
+        "formula' also reads the original code's layers; 'block outputs' reads the blocks' "
+        "linear-bottleneck outputs (made non-negative by 'relu' or 'abs') instead of the default "
+        "post-ReLU6 maps (testbed A only: the synthetic CNN has only post-ReLU maps).",
         "",
         "| GE variant | B energy in mask | B grid loc. mean (median) | A grid loc. mean (median) "
         "| A cells < 0.5 | A deletion / insertion |",

@@ -16,17 +16,21 @@ from torch import nn
 from .. import metrics
 from ..cams import METHODS as GRADIENT_METHODS
 from ..excitation import METHODS as EXCITATION_METHODS
-from ..explainer import Explainer
+from ..explainer import PAPER_OPTIONS, Explainer
 from ..ops import extrapolate
 from ..reference import PAPER_FORMULA
 from .baselines import layercam_fusion
 
 COARSE_METHODS = (*GRADIENT_METHODS, *EXCITATION_METHODS)
-# GE's defaults, one at a time undone (item 6 of the evaluation issue), for Grad-CAM.
+# GE as the original code computes it (per image): its layers and its formula.
+PAPER_ROW = "gradcam + GE, the paper's layers and formula"
+# GE's defaults, one at a time undone (item 6 of the evaluation issue), for Grad-CAM; then the
+# paper's formula on gradex's layers, and the paper whole.
 ABLATIONS = {
     "gradcam + GE, global stage weighting": {"stage_weighting": "global"},
     "gradcam + GE, standardise-and-clip": {"normalize": "standardize"},
     "gradcam + GE, paper's formula": PAPER_FORMULA,
+    PAPER_ROW: PAPER_OPTIONS,
 }
 
 MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
