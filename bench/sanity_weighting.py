@@ -20,8 +20,10 @@ Variants (``VARIANTS``), each a map function (model, images, targets) -> (B,1,H,
 - ``stage-gradcam``: Grad-CAM at every stage (w_c = spatial mean of d score / d A_c). Needs the
   backward to reach the shallowest stage, so the forward records the whole graph.
 - ``stage-layercam``: LayerCAM at every stage (Σ_c relu(G_c) A_c), same cost as stage-gradcam.
-- ``ge-gate``: GE's S_k times the ``agree`` map scaled to [0, 1]: GE's sharpening where the
-  class-sensitive map says the stage is used, nothing elsewhere.
+- ``stage-hirescam``: HiResCAM at every stage (relu(Σ_c G_c A_c)), same cost: signed per
+  position, so a stage cancels where the layers above do not use it.
+- ``ge-agree-gate``, ``ge-gradcam-gate``, ``ge-hirescam-gate``: GE's S_k times one of the maps
+  above scaled to [0, 1] (a class-sensitive gate on GE's class-agnostic sharpening).
 
 Scored beside each other on the same images: sanity Spearman after full randomisation (testbed B,
 per seed, the evaluation's SANITY_LAYERS), energy in mask, B grid localisation, B deletion /
@@ -90,25 +92,42 @@ def forward(model, images, targets, stage_grads: bool) -> Forward:
     layers = _layers(model, images)
     stage_out: list = [None] * len(layers.stages)
     target_out: list = []
+    # name -> [(call, role, stage index)]: a module may run several times a forward (Lite0's
+    # '_swish'), and the target may be a stage's module too ('stages' on B's CNN).
+    wanted: dict[str, list] = {}
+    for k, stage in enumerate(layers.stages):
+        wanted.setdefault(stage.ref.name, []).append((stage.ref.call, "stage", k))
+    wanted.setdefault(layers.target.ref.name, []).append((layers.target.ref.call, "target", -1))
 
-    def keep_stage(k):
-        def hook(module, inputs, output):
+    def keep(output, role, k):
+        """Keep what the backward needs; the returned copy runs on, so that later in-place ops
+        (ReLU6 in EfficientNet) never touch a kept tensor."""
+        if role == "stage":
             stage_out[k] = output if stage_grads else output.detach().clone()
-            # Later in-place ops (ReLU6 in EfficientNet) must not touch the kept tensor.
-            return output.clone() if stage_grads else None
-
-        return hook
-
-    def keep_target(module, inputs, output):
+            return output.clone() if stage_grads else output
         if not stage_grads:
+            # As the Explainer: the graph starts at the target layer.
             output = output.detach().requires_grad_(True)
             torch.set_grad_enabled(True)
         target_out.append(output)
         return output.clone()
 
-    modules = [model.get_submodule(s.ref.name) for s in layers.stages]
-    handles = [m.register_forward_hook(keep_stage(k)) for k, m in enumerate(modules)]
-    handles.append(model.get_submodule(layers.target.ref.name).register_forward_hook(keep_target))
+    def make_hook(actions):
+        calls = [0]
+
+        def hook(module, inputs, output):
+            call, calls[0] = calls[0], calls[0] + 1
+            # Stages first: they must see the output as the module produced it.
+            for _, role, k in sorted((a for a in actions if a[0] == call), key=lambda a: a[1]):
+                output = keep(output, role, k)
+            return output
+
+        return hook
+
+    handles = [
+        model.get_submodule(name).register_forward_hook(make_hook(actions))
+        for name, actions in wanted.items()
+    ]
     saved = [0]
 
     def pack(tensor):
@@ -186,9 +205,22 @@ def stage_layercam(activation, grad, guide):
     return cams.layercam(activation, grad)
 
 
-def gated(activation, grad, guide):
-    gate = minmax_maps(agreement(activation, grad, guide))
-    return activation.sum(dim=1, keepdim=True) * gate
+def stage_hirescam(activation, grad, guide):
+    """HiResCAM at the stage: Σ_c G_c A_c, each position's first-order share of the score. Signed
+    per position (not per channel), so a stage cancels exactly where the layers above it do not
+    use what it fired; on a random model the gradient, and so the map, is random."""
+    return cams.hirescam(activation, grad)
+
+
+def gate(stage_map):
+    """GE's S_k times ``stage_map`` scaled to [0, 1]: GE's sharpening where the class-sensitive
+    map says the model uses the stage, none elsewhere."""
+
+    def gated(activation, grad, guide):
+        weight = minmax_maps(stage_map(activation, grad, guide))
+        return activation.sum(dim=1, keepdim=True) * weight
+
+    return gated
 
 
 def _carried(stage_map, guide="cam", stage_grads=False):
@@ -214,7 +246,10 @@ VARIANTS = {
     "agree-chain": (_carried(agreement, guide="chain"), False),
     "stage-gradcam": (_carried(stage_gradcam, stage_grads=True), True),
     "stage-layercam": (_carried(stage_layercam, stage_grads=True), True),
-    "ge-gate": (_carried(gated), False),
+    "stage-hirescam": (_carried(stage_hirescam, stage_grads=True), True),
+    "ge-agree-gate": (_carried(gate(agreement)), False),
+    "ge-gradcam-gate": (_carried(gate(stage_gradcam), stage_grads=True), True),
+    "ge-hirescam-gate": (_carried(gate(stage_hirescam), stage_grads=True), True),
 }
 
 
@@ -230,19 +265,18 @@ def in_batches(make, model, images, targets, batch):
 # -- testbed B --------------------------------------------------------------------------------
 
 
-def evaluate_b(seed, names, args, log) -> dict:
+def evaluate_b(seed, names, data, grids, args, log) -> dict:
     """Per variant: per-image scores on testbed B for the CNN trained with ``seed``."""
     model = load_model(seed)
-    data = make_images(args.images, IMAGES_SEED)
-    grids = make_grids(args.grids, GRIDS_SEED)
     step = max(1, data.images.shape[-1] * data.images.shape[-2] // 224)  # RISE's 224 steps
     few = slice(0, args.faithfulness)
     sane = slice(0, args.sanity_images)
+    everything = slice(0, args.images)
     out = {}
     for name in names:
         make = VARIANTS[name][0]
         log(f"B seed {seed}: {name}")
-        maps = in_batches(make, model, data.images, data.labels, BATCH)
+        maps = in_batches(make, model, data.images[everything], data.labels[everything], BATCH)
         cells = [in_batches(make, model, grids.images, grids.labels[:, c], BATCH) for c in range(4)]
         localisation = torch.cat(
             [
@@ -263,7 +297,7 @@ def evaluate_b(seed, names, args, log) -> dict:
 
         steps = metrics.cascading_randomisation(model, explain, data.images[sane], SANITY_LAYERS)
         out[name] = {
-            "energy_in_mask": metrics.energy_in_mask(maps, data.masks),
+            "energy_in_mask": metrics.energy_in_mask(maps, data.masks[everything]),
             "grid_localisation": localisation,
             "deletion_auc": faith["deletion"],
             "insertion_auc": faith["insertion"],
@@ -400,7 +434,8 @@ def markdown(table: dict, command: str, host: dict, args) -> str:
         f"Machine: {host['cpu']}, {host['threads']} thread(s), torch "
         f"{host['versions'].get('torch')}. Testbed B: {args.images} images, {args.grids} grids, "
         f"deletion/insertion on {args.faithfulness}, randomisation on {args.sanity_images} per "
-        f"seed; testbed A: {args.photo_grids} photo grids ({CROPS_PER_PHOTO} crops per photo at "
+        f"seed (the first of {args.pool} generated); testbed A: {args.photo_grids} photo grids "
+        f"({args.crops_per_photo} crops per photo at "
         "most). Sanity ρ: Spearman between the trained and the fully randomised model's maps.",
         "",
         "| " + " | ".join(head) + " |",
@@ -464,7 +499,13 @@ def markdown(table: dict, command: str, host: dict, args) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=256, help="scored for energy in mask")
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=1000,
+        help="images generated (the evaluation's 1000, so that the first ones are its images)",
+    )
     parser.add_argument("--grids", type=int, default=64)
     parser.add_argument("--faithfulness", type=int, default=32)
     parser.add_argument("--sanity-images", type=int, default=16)
@@ -481,10 +522,12 @@ def parse_args(argv=None):
         "2 photo grids of 4 crops per photo (runs in about a minute)",
     )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.images, args.grids = [0], 64, 16
+    if args.quick:  # not the evaluation's images: make_images(64) orders its classes otherwise
+        args.seeds, args.images, args.pool, args.grids = [0], 64, 64, 16
         args.faithfulness = args.sanity_images = 8
         args.photo_grids, args.crops_per_photo, args.cost_reps = 2, 4, 2
+    if args.pool < max(args.images, args.faithfulness, args.sanity_images):
+        parser.error("--pool must be at least --images, --faithfulness and --sanity-images")
     # The references first: every goal is measured against them.
     args.variants = ["gradcam", "ge"] + [v for v in args.variants if v not in ("gradcam", "ge")]
     return args
@@ -498,7 +541,12 @@ def main(argv=None):
     def log(text):
         print(f"[{time.perf_counter() - started:6.1f} s] {text}", flush=True)
 
-    b = {seed: evaluate_b(seed, args.variants, args, log) for seed in args.seeds}
+    log(f"making {args.pool} images and {args.grids} grids")
+    # make_images draws the class order from the count: the evaluation's 1000 make its first
+    # 16 (randomisation) and 32 (deletion/insertion) images; --images takes the first of them.
+    data = make_images(args.pool, IMAGES_SEED)
+    grids = make_grids(args.grids, GRIDS_SEED)
+    b = {seed: evaluate_b(seed, args.variants, data, grids, args, log) for seed in args.seeds}
     a = evaluate_a(args.variants, args, log) if args.photo_grids else None
     log("cost")
     costs = cost(args.variants, args.cost_reps)
