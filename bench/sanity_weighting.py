@@ -329,7 +329,9 @@ def evaluate_b(seed, names, data, grids, args, log) -> dict:
         def explain(m, x, make=make, labels=labels):
             return make(m, x, labels)
 
-        steps = metrics.cascading_randomisation(model, explain, data.images[sane], SANITY_LAYERS)
+        steps = metrics.cascading_randomisation(
+            model, explain, data.images[sane], SANITY_LAYERS, args.randomisation_seed
+        )
         out[name] = {
             "energy_in_mask": metrics.energy_in_mask(maps, data.masks[everything]),
             "grid_localisation": localisation,
@@ -479,7 +481,8 @@ def markdown(table: dict, command: str, host: dict, args) -> str:
         f"protocol) and {args.sanity_more} (the first {args.sanity_more}) per "
         f"seed (the first of {args.pool} generated); testbed A: {args.photo_grids} photo grids "
         f"({args.crops_per_photo} crops per photo at "
-        "most). Sanity ρ: Spearman between the trained and the fully randomised model's maps.",
+        "most). Sanity ρ: Spearman between the trained and the fully randomised model's maps "
+        f"(re-initialisation seed {args.randomisation_seed}).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + " --- |" * len(head),
@@ -560,6 +563,12 @@ def parse_args(argv=None):
         type=int,
         default=64,
         help="the randomisation check again on this many images (16 are noisy)",
+    )
+    parser.add_argument(
+        "--randomisation-seed",
+        type=int,
+        default=0,
+        help="the re-initialisation's seed (0: the evaluation's)",
     )
     parser.add_argument("--photo-grids", type=int, default=8, help="0 skips testbed A")
     parser.add_argument("--crops-per-photo", type=int, default=CROPS_PER_PHOTO)
