@@ -76,14 +76,17 @@ class Forward:
     saved_bytes: int  # what the forward recorded for the backward (autograd's saved tensors)
 
 
-_explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_layer_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _layers(model, images):
-    """The Explainer's own choice of target layer and stages (found once per model and size)."""
-    if model not in _explainers:
-        _explainers[model] = Explainer(model)
-    return _explainers[model].layers_for(images)
+    """The Explainer's own choice of target layer and stages, found once per model and size
+    (the randomisation check makes a new model every step: a weak cache lets them go)."""
+    per_size = _layer_cache.setdefault(model, {})
+    size = tuple(images.shape[-2:])
+    if size not in per_size:
+        per_size[size] = Explainer(model).layers_for(images)
+    return per_size[size]
 
 
 def forward(model, images, targets, stage_grads: bool) -> Forward:
@@ -136,7 +139,9 @@ def forward(model, images, targets, stage_grads: bool) -> Forward:
 
     def pack(tensor):
         saved[0] += tensor.numel() * tensor.element_size()
-        return tensor
+        # A detached alias: the tensor itself would let an output saved by its own grad_fn
+        # hold that grad_fn, a cycle that keeps every graph alive (25 MB a batch on B).
+        return tensor.detach()
 
     try:
         grad_mode = torch.enable_grad() if stage_grads else torch.no_grad()
