@@ -114,11 +114,32 @@ def test_evaluate_raw_never_replaces_a_foreign_file(tmp_path, capsys, no_work):
     _refused(capsys, "--raw", "report's files")
 
 
+def _without_gradex_mark(path: Path) -> None:
+    """Rewrite the PNG at ``path`` without gradex's tEXt mark: a figure of a report written
+    before gradex marked its PNGs (matplotlib's own Software chunk stays)."""
+    data = path.read_bytes()
+    chunks, at = [data[:8]], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunk = data[at : at + 12 + length]
+        if chunk[4:8] != b"tEXt" or not chunk[8:].startswith(b"gradex\x00"):
+            chunks.append(chunk)
+        at += 12 + length
+    path.write_bytes(b"".join(chunks))
+
+
 def test_evaluate_reruns_into_its_own_committed_report(tmp_path, capsys, no_work):
-    # docs/evaluation is an earlier gradex report, its PNGs from before gradex marked them:
-    # every file is recognised, and the run gets to its work.
+    # docs/evaluation is an earlier gradex report: every file is recognised, and the run gets
+    # to its work.
     out = tmp_path / "evaluation"
     shutil.copytree(ROOT / "docs" / "evaluation", out)
+    assert cli.main([*EVALUATE, "--out", str(out)]) == 2
+    assert "gradex: error: the work began" in capsys.readouterr().err
+    # So is one whose figures predate gradex's mark on its PNGs.
+    for figure in out.glob("*.png"):
+        _without_gradex_mark(figure)
+        assert Image.open(figure).text.get("Software", "").startswith("Matplotlib")
+        assert "gradex" not in Image.open(figure).text
     assert cli.main([*EVALUATE, "--out", str(out)]) == 2
     assert "gradex: error: the work began" in capsys.readouterr().err
     # An unmarked matplotlib figure counts as gradex's only beside a gradex evaluation.json.
