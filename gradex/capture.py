@@ -643,12 +643,7 @@ def choose_layers(
                     f"stages: {entry.ref} may be negative ({entry.module_type}); pass "
                     "stage_transform='relu' or 'abs', or choose a post-ReLU layer"
                 )
-        for shallow, deep in itertools.pairwise(chosen):
-            if not _coarsens(shallow, deep):
-                raise ValueError(
-                    f"stages: {deep.ref} ({deep.shape[-2]}x{deep.shape[-1]}) runs after "
-                    f"{shallow.ref} but is finer; stages must coarsen from shallow to deep"
-                )
+        check_coarsening(chosen, "stages")
         return Layers(target, tuple(chosen), collapsed, transformer, paper_target_chosen)
 
     th, tw = target.shape[-2:]
@@ -762,6 +757,16 @@ def _order(entry: TracedOutput) -> int:
 def _coarsens(shallow: TracedOutput, deep: TracedOutput) -> bool:
     """Whether ``deep`` is no finer than ``shallow`` in either dimension."""
     return deep.shape[-2] <= shallow.shape[-2] and deep.shape[-1] <= shallow.shape[-1]
+
+
+def check_coarsening(stages: Sequence[TracedOutput], what: str) -> None:
+    """Refuse stages (in the order they run) where a deeper one is finer than the one before."""
+    for shallow, deep in itertools.pairwise(stages):
+        if not _coarsens(shallow, deep):
+            raise ValueError(
+                f"{what}: {deep.ref} ({deep.shape[-2]}x{deep.shape[-1]}) runs after "
+                f"{shallow.ref} but is finer; stages must coarsen from shallow to deep"
+            )
 
 
 def _keep_monotone(chosen: list[TracedOutput]) -> list[TracedOutput]:

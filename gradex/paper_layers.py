@@ -33,7 +33,6 @@ What gradex does differently, and why:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Sequence
 
 from torch import nn
@@ -44,6 +43,7 @@ from .capture import (
     NON_NEGATIVE,
     OTHER,
     TracedOutput,
+    check_coarsening,
 )
 
 PAPER = "paper"
@@ -121,10 +121,5 @@ def paper_stages(
             "which flips the map's sign where a sum is negative, and gradex does not: pass "
             "stage_transform='relu' (the default) or 'abs' to rectify them"
         )
-    for shallow, deep in itertools.pairwise(stages):
-        if deep.shape[-2] > shallow.shape[-2] or deep.shape[-1] > shallow.shape[-1]:
-            raise ValueError(
-                f"stages='paper': {deep.ref} ({deep.shape[-2]}x{deep.shape[-1]}) runs after "
-                f"{shallow.ref} but is finer; GE needs stages that coarsen from shallow to deep"
-            )
+    check_coarsening(stages, "stages='paper'")
     return stages

@@ -126,8 +126,11 @@ def photos():
     return torch.stack([preprocess(images.load_rgb(p)) for p in images.demo_photos()[:2]])
 
 
-def _maps_one_image_at_a_time(model, x):
-    maps = [original_maps(model, x[i : i + 1]) for i in range(x.shape[0])]
+@pytest.fixture(scope="module")
+def original(vgg16, photos):
+    """The original's maps of the photos, each run alone, and its classes (computed once: a
+    backward through VGG16 to the input per photo)."""
+    maps = [original_maps(vgg16, photos[i : i + 1]) for i in range(photos.shape[0])]
     return torch.cat([m for m, _ in maps]), [c[0] for _, c in maps]
 
 
@@ -141,10 +144,10 @@ def test_the_original_layers_on_vgg16(vgg16, photos):
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_vgg16_maps_equal_the_original_run_one_image_at_a_time(vgg16, photos, backend):
+def test_vgg16_maps_equal_the_original_run_one_image_at_a_time(vgg16, photos, original, backend):
     if not gradex.backends()[backend][0]:
         pytest.skip(gradex.backends()[backend][1])
-    expected, category_id = _maps_one_image_at_a_time(vgg16, photos)
+    expected, category_id = original
     explainer = gradex.Explainer(vgg16, backend=backend, **gradex.PAPER_OPTIONS)
     exp = explainer(photos)  # one batch: gradex's maps do not depend on batch-mates
     assert exp.target.tolist() == category_id
@@ -152,7 +155,7 @@ def test_vgg16_maps_equal_the_original_run_one_image_at_a_time(vgg16, photos, ba
     torch.testing.assert_close(exp.saliency, expected, rtol=0, atol=5e-6)
 
 
-def test_gradex_explain_paper_on_vgg16_writes_the_original_maps(vgg16, photos, tmp_path):
+def test_gradex_explain_paper_on_vgg16_writes_the_original_maps(vgg16, original, tmp_path):
     weights = tmp_path / "vgg16.pth"
     torch.save(vgg16.state_dict(), weights)
     paths = images.demo_photos()[:2]
@@ -161,7 +164,7 @@ def test_gradex_explain_paper_on_vgg16_writes_the_original_maps(vgg16, photos, t
     assert cli.main([*args, "--paper", "--save-maps", "--no-panels", "--out", str(out)]) == 0
     report = json.loads((out / "results.json").read_text())
     assert report["target_layer"] == "features.28"
-    expected, category_id = _maps_one_image_at_a_time(vgg16, photos)
+    expected, category_id = original
     for i, record in enumerate(report["images"]):
         with np.load(out / record["maps"]) as maps:
             assert int(maps["target"]) == category_id[i]
